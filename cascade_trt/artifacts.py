@@ -1,0 +1,83 @@
+"""Artifacts on disk (ONNX models, engines): where they live, their manifests, and atomic writes.
+
+Every artifact has a JSON manifest beside it, written last: a model without its manifest is incomplete by
+definition, so a killed export or build never leaves something that looks valid. Files are written to a
+temporary name in the same directory and renamed into place (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MANIFEST_VERSION = 1
+
+
+def onnx_path(directory: str | Path, stage: str) -> Path:
+    return Path(directory) / f"{stage}.onnx"
+
+
+def engine_path(directory: str | Path, stage: str) -> Path:
+    return Path(directory) / f"{stage}.plan"
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.stem + ".json")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `target`; rename it onto `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_manifest(artifact: str | Path) -> dict[str, Any] | None:
+    """The manifest of an artifact, or None when the artifact or its manifest is missing (incomplete)."""
+    artifact = Path(artifact)
+    path = manifest_path(artifact)
+    if not artifact.is_file() or not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tool_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions (missing ones are left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out

@@ -1,0 +1,108 @@
+"""The one interface every backend implements: a stage runner over static, named device tensors.
+
+The denoising loop (cascade_trt.loop) owns the schedule, guidance and noise; a runner only runs one stage's
+model. For a given shape the loop asks the runner once for its `Bindings` (static input and output tensors,
+bound to the backend once), writes the inputs in place, and calls `execute` for every step. Because the
+tensors never move, a step can be captured in a CUDA graph and replayed, whatever the backend:
+
+    bindings = runner.allocate(batch, height, width)   # once per shape: allocate + bind
+    bindings.inputs["sample"].copy_(latents)           # the loop writes inputs in place...
+    runner.execute(bindings)                           # ...runs the model on the current stream...
+    bindings.outputs["prediction"]                     # ...and reads the output in place
+
+`execute` must be asynchronous with respect to the host (no sync, no allocation visible to the caller's
+stream ordering) when `capturable` is True.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cascade_trt.stages import COMPUTE, StageSpec
+
+_FIXED_DTYPES = {"int64": torch.int64, "int32": torch.int32, "float32": torch.float32}
+
+
+@dataclass
+class Bindings:
+    """Static tensors of one stage at one shape, plus whatever the backend bound them to."""
+
+    batch: int
+    height: int
+    width: int
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+    state: Any = field(default=None, repr=False)  # backend-specific: an ORT IOBinding, a TRT context...
+
+
+class StageRunner(ABC):
+    """Runs one stage. Subclasses implement `execute` and, when they must bind buffers, `bind`."""
+
+    #: whether `execute` can be captured in a CUDA graph (False for backends that sync with the host)
+    capturable: bool = False
+
+    def __init__(self, spec: StageSpec, dtype: torch.dtype, device: torch.device | str) -> None:
+        self.spec = spec
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    def tensor_dtype(self, token: str) -> torch.dtype:
+        return self.dtype if token == COMPUTE else _FIXED_DTYPES[token]
+
+    def check_shape(self, batch: int, height: int, width: int) -> None:
+        """Raise `ShapeError` when the runner cannot run this shape (outside an engine's profile, say)."""
+        return None
+
+    def allocate(self, batch: int, height: int, width: int) -> Bindings:
+        """Static buffers for one shape, bound to the backend once."""
+        self.check_shape(batch, height, width)
+        shapes = self.spec.shapes(batch, height, width)
+
+        def empty(t) -> torch.Tensor:
+            return torch.empty(shapes[t.name], dtype=self.tensor_dtype(t.dtype), device=self.device)
+
+        bindings = Bindings(
+            batch=batch,
+            height=height,
+            width=width,
+            inputs={t.name: empty(t) for t in self.spec.inputs},
+            outputs={t.name: empty(t) for t in self.spec.outputs},
+        )
+        bindings.state = self.bind(bindings)
+        return bindings
+
+    def bind(self, bindings: Bindings) -> Any:
+        """Bind the static tensors to the backend; the result is kept as `bindings.state`."""
+        return None
+
+    @abstractmethod
+    def execute(self, bindings: Bindings) -> None:
+        """Read `bindings.inputs`, write `bindings.outputs`, on the current CUDA stream (or synchronously on CPU)."""
+
+    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Convenience for one-off calls (tests, the text encoder): allocate, copy in, execute, return outputs."""
+        first = self.spec.inputs[0]
+        batch = inputs[first.name].shape[0]
+        height, width = self._infer_size(inputs)
+        bindings = self.allocate(batch, height, width)
+        for name, value in inputs.items():
+            bindings.inputs[name].copy_(value)
+        self.execute(bindings)
+        return bindings.outputs
+
+    def _infer_size(self, inputs: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """Image size (px) from the first input with a spatial token, or 128x128 for non-spatial stages."""
+        from cascade_trt.stages import SIZE_UNIT
+
+        for t in self.spec.inputs:
+            for axis, token in enumerate(t.shape):
+                if isinstance(token, str) and token.endswith("h"):
+                    k = int(token[:-1] or 1)
+                    h = inputs[t.name].shape[axis] // k
+                    w = inputs[t.name].shape[axis + 1] // k
+                    return h * SIZE_UNIT, w * SIZE_UNIT
+        return SIZE_UNIT, SIZE_UNIT

@@ -1,0 +1,52 @@
+"""The `cascade-trt` command. Argument parsing lives only here: one module per subcommand, each with
+`register(subparsers)` that adds its parser and sets `func` to a function taking the parsed arguments.
+Library functions below take keyword arguments and raise typed errors; this layer turns those errors into a
+one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from cascade_trt.errors import CascadeError
+
+SUBCOMMANDS = ("make_tiny", "export", "build", "check", "generate", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cascade-trt",
+        description="Stable Cascade, fast: export to ONNX, build TensorRT engines, generate, benchmark.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"cascade_trt.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"cascade_trt.cli.{name}":
+                continue  # subcommand not shipped in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except CascadeError as exc:
+        print(f"cascade-trt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cascade-trt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

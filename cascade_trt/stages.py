@@ -1,0 +1,280 @@
+"""Each stage of the cascade described once, as data: IO names, dtypes, symbolic shapes, profiles.
+
+Export, engine build, the runtime and the benchmarks all read these descriptions, so names and shapes
+cannot drift between them.
+
+Shapes are tuples of tokens:
+  * an int is a fixed size;
+  * ``"B"`` is the batch the stage's model sees (doubled under classifier-free guidance for Stage C/B);
+  * ``"<k>h"`` / ``"<k>w"`` is k times the image height / width in units of 128 px.
+
+Image sides must be multiples of 128 px: then diffusers' shape arithmetic (Stage C latent
+``ceil(H / 42.67)``, Stage B latent ``int(Hc * 10.67)``) is exactly linear, a 1024 px side giving a
+24-wide Stage C latent (3 per 128 px) and a 256-wide Stage B latent (32 per 128 px). Other sides give
+Stage B sizes that `PixelUnshuffle` and the up-path skips cannot take, so they are refused up front.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from cascade_trt.configs import CascadeConfig
+from cascade_trt.errors import ConfigError, ShapeError
+
+SIZE_UNIT = 128
+STAGE_NAMES = ("text_encoder", "image_encoder", "stage_c", "stage_b", "stage_a")
+COMPUTE = "compute"  # dtype token: the stage's precision (fp32, fp16 or bf16)
+
+_TOKEN = re.compile(r"^(\d*)([hw])$")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = COMPUTE  # COMPUTE, or a fixed dtype name ("int64")
+
+    def resolve(self, batch: int, height: int, width: int) -> tuple[int, ...]:
+        """Concrete shape for a stage batch and an image size in pixels."""
+        h, w = check_size(height, width)
+        return tuple(_resolve_token(t, batch, h, w) for t in self.shape)
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        """Axis index -> symbolic name, for every axis that is not fixed."""
+        return {i: ("batch" if t == "B" else t) for i, t in enumerate(self.shape) if isinstance(t, str)}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # True where the pipeline runs the conditional and unconditional halves in one batch.
+    guided: bool = False
+    # True where the stage's shapes depend on the image size.
+    spatial: bool = True
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    @property
+    def tensors(self) -> tuple[TensorSpec, ...]:
+        return self.inputs + self.outputs
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(
+            f"{self.name} has no tensor {name!r}; it has {', '.join(t.name for t in self.tensors)}"
+        )
+
+    def shapes(self, batch: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """Concrete shapes of every input and output, for the batch the model sees."""
+        return {t.name: t.resolve(batch, height, width) for t in self.tensors}
+
+    def profile(self, sizes: SizeRange, batches: BatchRange, *, guidance: bool = True) -> dict[str, Profile]:
+        """min/opt/max shape of each input, for a range of image sizes and prompt batches.
+
+        Under guidance a guided stage sees twice the batch; the minimum stays the unguided batch so one engine
+        serves both.
+        """
+        scale = 2 if (guidance and self.guided) else 1
+        lo, opt, hi = batches.min, batches.opt * scale, batches.max * scale
+        if not self.spatial:
+            sizes = SizeRange.static(SIZE_UNIT, SIZE_UNIT)
+        out = {}
+        for t in self.inputs:
+            out[t.name] = Profile(
+                min=t.resolve(lo, sizes.min_height, sizes.min_width),
+                opt=t.resolve(opt, sizes.opt_height, sizes.opt_width),
+                max=t.resolve(hi, sizes.max_height, sizes.max_width),
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class Profile:
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def contains(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.min) and all(
+            lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max, strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class SizeRange:
+    """Image sides in pixels (multiples of 128), per side, for building profiles."""
+
+    min_height: int
+    opt_height: int
+    max_height: int
+    min_width: int
+    opt_width: int
+    max_width: int
+
+    def __post_init__(self) -> None:
+        check_size(self.min_height, self.min_width)
+        check_size(self.opt_height, self.opt_width)
+        check_size(self.max_height, self.max_width)
+        ok_h = self.min_height <= self.opt_height <= self.max_height
+        ok_w = self.min_width <= self.opt_width <= self.max_width
+        if not (ok_h and ok_w):
+            raise ShapeError(f"size range must satisfy min <= opt <= max on each side, got {self}")
+
+    @classmethod
+    def square(cls, min: int = 512, opt: int = 1024, max: int = 1536) -> SizeRange:  # noqa: A002
+        return cls(min, opt, max, min, opt, max)
+
+    @classmethod
+    def static(cls, height: int, width: int) -> SizeRange:
+        return cls(height, height, height, width, width, width)
+
+    def contains(self, height: int, width: int) -> bool:
+        return self.min_height <= height <= self.max_height and self.min_width <= width <= self.max_width
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """Images per call (prompts × images per prompt), before guidance doubles it."""
+
+    min: int = 1
+    opt: int = 1
+    max: int = 4
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.min <= self.opt <= self.max):
+            raise ShapeError(f"batch range must satisfy 1 <= min <= opt <= max, got {self}")
+
+
+def check_size(height: int, width: int) -> tuple[int, int]:
+    """Validate an image size; return it in 128 px units."""
+    for side_name, side in (("height", height), ("width", width)):
+        if not isinstance(side, int) or side < SIZE_UNIT or side % SIZE_UNIT:
+            below = (
+                max(SIZE_UNIT, (int(side) // SIZE_UNIT) * SIZE_UNIT) if isinstance(side, int) else SIZE_UNIT
+            )
+            raise ShapeError(
+                f"{side_name}={side!r} is not a positive multiple of {SIZE_UNIT} px: Stable Cascade's latent "
+                f"arithmetic is only exact there. Use {below} or {below + SIZE_UNIT}."
+            )
+    return height // SIZE_UNIT, width // SIZE_UNIT
+
+
+def latent_sizes(config: CascadeConfig, height: int, width: int) -> dict[str, tuple[int, int]]:
+    """Spatial sizes of each stage, by diffusers' own formulas (prior `prepare_latents`, decoder `prepare_latents`)."""
+    check_size(height, width)
+    hc = math.ceil(height / config.resolution_multiple)
+    wc = math.ceil(width / config.resolution_multiple)
+    hb, wb = int(hc * config.latent_dim_scale), int(wc * config.latent_dim_scale)
+    up = stage_a_upscale(config)
+    return {"stage_c": (hc, wc), "stage_b": (hb, wb), "image": (hb * up, wb * up)}
+
+
+def stage_a_upscale(config: CascadeConfig) -> int:
+    return config.stage_a.up_down_scale_factor * 2 ** (config.stage_a.levels - 1)
+
+
+def _resolve_token(token: int | str, batch: int, h: int, w: int) -> int:
+    if isinstance(token, int):
+        return token
+    if token == "B":
+        return batch
+    m = _TOKEN.match(token)
+    if m is None:
+        raise ValueError(f"bad shape token {token!r}")
+    return int(m.group(1) or 1) * (h if m.group(2) == "h" else w)
+
+
+def stage_specs(config: CascadeConfig) -> dict[str, StageSpec]:
+    """The stages of one cascade configuration, keyed by name (the image encoder only when it has one)."""
+    te, c, b, a = config.text_encoder, config.stage_c, config.stage_b, config.stage_a
+    seq = config.text_seq_len
+    # Per 128 px of image side: Stage C latent cells, Stage B latent cells, output pixels.
+    kc = math.ceil(SIZE_UNIT / config.resolution_multiple)
+    kb = int(kc * config.latent_dim_scale)
+    ka = kb * stage_a_upscale(config)
+    if ka != SIZE_UNIT:
+        raise ConfigError(f"{config.name}: Stage A maps {kb} latent cells to {ka} px, expected {SIZE_UNIT}")
+    specs = {
+        "text_encoder": StageSpec(
+            "text_encoder",
+            inputs=(
+                TensorSpec("input_ids", ("B", seq), "int64"),
+                TensorSpec("attention_mask", ("B", seq), "int64"),
+            ),
+            # clip_text_pooled = text_embeds.unsqueeze(1); clip_text = hidden_states[-1] (before the final LayerNorm).
+            outputs=(
+                TensorSpec("clip_text_pooled", ("B", 1, te.projection_dim)),
+                TensorSpec("clip_text", ("B", seq, te.hidden_size)),
+            ),
+            guided=True,
+            spatial=False,
+        ),
+        "stage_c": StageSpec(
+            "stage_c",
+            inputs=(
+                TensorSpec("sample", ("B", c.in_channels, f"{kc}h", f"{kc}w")),
+                TensorSpec("timestep_ratio", ("B",)),
+                TensorSpec("clip_text_pooled", ("B", 1, c.clip_text_pooled_in_channels)),
+                TensorSpec("clip_text", ("B", seq, c.clip_text_in_channels)),
+                TensorSpec("clip_img", ("B", 1, c.clip_image_in_channels)),
+            ),
+            outputs=(TensorSpec("prediction", ("B", c.out_channels, f"{kc}h", f"{kc}w")),),
+            guided=True,
+        ),
+        "stage_b": StageSpec(
+            "stage_b",
+            inputs=(
+                TensorSpec("sample", ("B", b.in_channels, f"{kb}h", f"{kb}w")),
+                TensorSpec("timestep_ratio", ("B",)),
+                TensorSpec("clip_text_pooled", ("B", 1, b.clip_text_pooled_in_channels)),
+                TensorSpec("effnet", ("B", c.out_channels, f"{kc}h", f"{kc}w")),
+            ),
+            outputs=(TensorSpec("prediction", ("B", b.out_channels, f"{kb}h", f"{kb}w")),),
+            guided=True,
+        ),
+        # Stage A takes Stage B's latents as they come out of the loop; the graph applies the VQGAN scale
+        # factor and the final clamp to [0, 1] itself.
+        "stage_a": StageSpec(
+            "stage_a",
+            inputs=(TensorSpec("latents", ("B", a.latent_channels, f"{kb}h", f"{kb}w")),),
+            outputs=(TensorSpec("images", ("B", a.out_channels, f"{ka}h", f"{ka}w")),),
+        ),
+    }
+    if config.image_encoder is not None:
+        ie = config.image_encoder
+        specs["image_encoder"] = StageSpec(
+            "image_encoder",
+            inputs=(TensorSpec("pixel_values", ("B", 3, ie.image_size, ie.image_size)),),
+            outputs=(TensorSpec("clip_img", ("B", 1, ie.projection_dim)),),
+            spatial=False,
+        )
+    return {name: specs[name] for name in STAGE_NAMES if name in specs}
+
+
+def select_stages(config: CascadeConfig, names: list[str] | tuple[str, ...] | None) -> dict[str, StageSpec]:
+    """The specs named (all of them for None), with a clear error for an unknown or absent name."""
+    specs = stage_specs(config)
+    if not names:
+        return specs
+    unknown = [n for n in names if n not in STAGE_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {', '.join(unknown)}: choose from {', '.join(STAGE_NAMES)}")
+    absent = [n for n in names if n not in specs]
+    if absent:
+        raise ConfigError(
+            f"{config.name} has no {', '.join(absent)} (the prior checkpoint has no image encoder)"
+        )
+    return {n: specs[n] for n in names}

@@ -1,0 +1,63 @@
+"""Write a random Stable Cascade in diffusers format, laid out as the hub checkpoints are.
+
+`make_pipelines(out)` writes `out/prior` (a `StableCascadePriorPipeline`, with image encoder) and
+`out/decoder` (a `StableCascadeDecoderPipeline`), each through diffusers' own `save_pretrained`, with the
+offline tokenizer. The default configuration is the `tiny` preset (a few MB, for tests); any preset works.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from cascade_trt.checkpoints import random_components
+from cascade_trt.configs import TINY, CascadeConfig
+from cascade_trt.errors import ConfigError
+
+
+def make_pipelines(
+    out: str | Path, config: CascadeConfig = TINY, *, seed: int = 0, overwrite: bool = False
+) -> Path:
+    """Write `out/prior` and `out/decoder`; returns `out`. Atomic: a crash leaves no half-written pipeline."""
+    from diffusers import DDPMWuerstchenScheduler, StableCascadeDecoderPipeline, StableCascadePriorPipeline
+    from transformers import CLIPImageProcessor
+
+    out = Path(out)
+    targets = [out / "prior", out / "decoder"]
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{existing[0]} already exists: choose another directory or pass overwrite=True")
+    out.mkdir(parents=True, exist_ok=True)
+
+    stages = ("text_encoder", "image_encoder", "stage_c", "stage_b", "stage_a")
+    parts = random_components(config, stages=stages, seed=seed)
+    size = config.image_encoder.image_size if config.image_encoder else 224
+    feature_extractor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+    prior = StableCascadePriorPipeline(
+        tokenizer=parts.tokenizer,
+        text_encoder=parts.text_encoder,
+        prior=parts.stage_c,
+        scheduler=DDPMWuerstchenScheduler(),
+        resolution_multiple=config.resolution_multiple,
+        feature_extractor=feature_extractor if parts.image_encoder is not None else None,
+        image_encoder=parts.image_encoder,
+    )
+    decoder = StableCascadeDecoderPipeline(
+        decoder=parts.stage_b,
+        tokenizer=parts.tokenizer,
+        text_encoder=parts.text_encoder,
+        scheduler=DDPMWuerstchenScheduler(),
+        vqgan=parts.stage_a,
+        latent_dim_scale=config.latent_dim_scale,
+    )
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
+        for pipe, target in ((prior, targets[0]), (decoder, targets[1])):
+            staging = Path(tmp) / target.name
+            pipe.save_pretrained(staging)
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+    return out

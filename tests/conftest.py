@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random Stable Cascade checkpoints (built once per session) and marker skipping."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    has_gpu = torch.cuda.is_available()
+    has_trt = has_gpu and importlib.util.find_spec("tensorrt") is not None
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_trt = pytest.mark.skip(reason="needs TensorRT and a CUDA GPU")
+    for item in items:
+        if "tensorrt" in item.keywords and not has_trt:
+            item.add_marker(skip_trt)
+        elif "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with `prior/` and `decoder/` diffusers pipelines of the tiny preset."""
+    from cascade_trt.tiny import make_pipelines
+
+    return make_pipelines(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tiny_dir: Path) -> Path:
+    return tiny_dir / "prior"
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tiny_dir: Path) -> Path:
+    return tiny_dir / "decoder"
