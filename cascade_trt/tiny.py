@@ -27,7 +27,9 @@ def make_pipelines(
     targets = [out / "prior", out / "decoder"]
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:
-        raise ConfigError(f"{existing[0]} already exists: choose another directory or pass overwrite=True")
+        raise ConfigError(
+            f"{existing[0]} already exists: choose another directory, or overwrite it (--overwrite, overwrite=True)"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     stages = ("text_encoder", "image_encoder", "stage_c", "stage_b", "stage_a")
