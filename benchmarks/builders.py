@@ -1,0 +1,189 @@
+"""Build every backend's driver over one set of models.
+
+The models are built once, in the precision policy's dtypes, on the device: the real architectures with
+random weights (`random_components`) or real checkpoints (`load_components`). The diffusers baseline and the
+runtime's `torch` backends share those modules, so they time the very same weights. One exception: diffusers'
+prior pipeline casts the text embeddings to the text encoder's dtype before the prior, so its text encoder must
+share the prior's dtype (the whole prior pipeline in one dtype, as diffusers' documentation loads it); where the
+policy differs there (bf16 Stage C, fp16 text encoder on GPU) the baseline gets its own copy.
+
+`onnxruntime` runs graphs exported from diffusers-format checkpoints: the given ones, or a random-weight copy of
+the preset written by `cascade_trt.tiny.make_pipelines` into the work directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from cascade_trt.benchmarks.drivers import BASELINE, CascadeDriver, DiffusersDriver, Driver
+
+from cascade_trt.checkpoints import CascadeComponents
+from cascade_trt.configs import CascadeConfig
+from cascade_trt.errors import ConfigError
+from cascade_trt.precision import PrecisionPolicy
+
+if TYPE_CHECKING:
+    from cascade_trt.benchmarks.suite import SuiteConfig
+
+STAGES = ("text_encoder", "stage_c", "stage_b", "stage_a")
+
+
+@dataclass
+class Built:
+    drivers: dict[str, Driver] = field(default_factory=dict)
+    precision: dict[str, dict[str, str]] = field(default_factory=dict)  # backend -> stage -> fp32/fp16/bf16
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: str = "random"
+
+
+def cascade_config(cfg: SuiteConfig) -> CascadeConfig:
+    from cascade_trt.configs import get_preset
+
+    if cfg.prior is None:
+        return get_preset(cfg.preset)
+    from cascade_trt.checkpoints import resolve_pipeline_dir
+
+    prior = resolve_pipeline_dir(cfg.prior, "prior")
+    decoder = resolve_pipeline_dir(cfg.decoder, "decoder")
+    return CascadeConfig.from_pretrained(prior, decoder)
+
+
+def build_models(
+    cfg: SuiteConfig,
+    config: CascadeConfig,
+    dtypes: dict[str, torch.dtype],
+    device: torch.device,
+    stages: tuple[str, ...] = STAGES,
+) -> CascadeComponents:
+    from cascade_trt.checkpoints import load_components, random_components
+
+    if cfg.prior is None:
+        return random_components(config, stages=stages, dtypes=dtypes, device=device, seed=cfg.seed)
+    return load_components(cfg.prior, cfg.decoder, stages=stages, dtypes=dtypes, device=device)
+
+
+def build_drivers(
+    cfg: SuiteConfig,
+    names: list[str],
+    *,
+    device: torch.device,
+    workdir: str | Path,
+    progress: Callable[[str], None],
+) -> Built:
+    """A driver per backend name; a backend whose construction fails is skipped with the error as reason."""
+    config = cascade_config(cfg)
+    policy = PrecisionPolicy.resolve(config, cfg.precision, device=device)
+    progress(f"building {config.name} models ({'random weights' if cfg.prior is None else 'checkpoints'})")
+    parts = build_models(cfg, config, policy.dtypes(), device)
+    built = Built(checkpoints="random" if cfg.prior is None else "pretrained")
+    for name in names:
+        try:
+            driver, precision = _build_one(name, cfg, config, parts, policy, device, Path(workdir), progress)
+        except Exception as exc:  # an unbuildable backend is a result to report, not a crash of the suite
+            progress(f"skip {name}: {type(exc).__name__}: {exc}")
+            built.skipped.append(
+                {"backend": name, "reason": f"build failed: {type(exc).__name__}: {exc}"[:500]}
+            )
+            continue
+        built.drivers[name] = driver
+        built.precision[name] = {s: precision[s] for s in STAGES}
+    return built
+
+
+def _build_one(
+    name: str,
+    cfg: SuiteConfig,
+    config: CascadeConfig,
+    parts: CascadeComponents,
+    policy: PrecisionPolicy,
+    device: torch.device,
+    workdir: Path,
+    progress: Callable[[str], None],
+) -> tuple[Driver, PrecisionPolicy]:
+    if name == BASELINE:
+        return _diffusers(cfg, config, parts, policy, device)
+    from cascade_trt.pipeline import CascadePipeline
+
+    kwargs: dict[str, Any] = {"device": device, "precision": dict(policy.stages)}
+    if name in ("torch", "torch-compile"):
+        pipe = CascadePipeline.from_components(
+            parts, backend="torch", compile=name == "torch-compile", **kwargs
+        )
+        return CascadeDriver(name, pipe), policy
+    if name == "tensorrt":
+        if cfg.engine_dir is None:
+            raise ConfigError(
+                "tensorrt runs prebuilt engines: build them with `cascade-trt build`, pass --engine-dir"
+            )
+        pipe = CascadePipeline.from_components(parts, backend=name, engine_dir=cfg.engine_dir, **kwargs)
+        return CascadeDriver(name, pipe), policy
+    ort_policy = PrecisionPolicy.resolve(config, cfg.precision, device=device, target="onnxruntime")
+    onnx_dir = cfg.onnx_dir or export_onnx(cfg, config, ort_policy, workdir, progress)
+    kwargs["precision"] = dict(ort_policy.stages)
+    pipe = CascadePipeline.from_components(parts, backend=name, onnx_dir=onnx_dir, **kwargs)
+    return CascadeDriver(name, pipe), ort_policy
+
+
+def _diffusers(
+    cfg: SuiteConfig,
+    config: CascadeConfig,
+    parts: CascadeComponents,
+    policy: PrecisionPolicy,
+    device: torch.device,
+) -> tuple[Driver, PrecisionPolicy]:
+    stages = dict(policy.stages)
+    if policy["text_encoder"] != policy["stage_c"]:
+        stages["text_encoder"] = policy["stage_c"]
+        dtype = PrecisionPolicy(stages).dtype("text_encoder")
+        own = build_models(cfg, config, {"text_encoder": dtype}, device, stages=("text_encoder",))
+        parts = dataclasses.replace(parts, text_encoder=own.text_encoder)
+    return DiffusersDriver(parts), PrecisionPolicy(stages)
+
+
+def export_onnx(
+    cfg: SuiteConfig,
+    config: CascadeConfig,
+    policy: PrecisionPolicy,
+    workdir: Path,
+    progress: Callable[[str], None],
+) -> Path:
+    """ONNX graphs of the benchmarked models, exported from diffusers-format checkpoints into `workdir`."""
+    from cascade_trt.export import export_pipeline
+
+    if cfg.prior is None:
+        from cascade_trt.tiny import make_pipelines
+
+        progress(f"writing random {config.name} checkpoints for export")
+        root = make_pipelines(workdir / "checkpoints", config, seed=cfg.seed, overwrite=True)
+        prior, decoder = root / "prior", root / "decoder"
+    else:
+        prior, decoder = cfg.prior, cfg.decoder
+    progress("exporting ONNX graphs")
+    out = workdir / "onnx"
+    with _quiet(QUIET_LOGGERS):
+        export_pipeline(prior, decoder, out, precision=dict(policy.stages), stages=STAGES, progress=False)
+    return out
+
+
+# The exporter's optimiser logs every rewrite at INFO: thousands of lines that would bury the benchmark's own.
+QUIET_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

@@ -1,0 +1,150 @@
+"""`cascade-trt bench`: per-stage and end-to-end latency of every backend against diffusers, in one run.
+
+    cascade-trt bench --preset tiny --backends diffusers torch onnxruntime --sizes 256 512 --out results/
+    cascade-trt bench --compare results/a.json results/b.json
+
+Writes DIR/results.json (records with the environment), DIR/results.md (tables) and DIR/results.png
+(per-stage breakdown by backend). See benchmarks/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from cascade_trt.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time every stage of every backend against diffusers in the same run; JSON, markdown and a chart",
+        description="Benchmarks the text encoder, both denoising loops (and their per-step time), Stage A and "
+        "end to end, for each backend, at each size and batch, with the diffusers pipelines as the baseline. "
+        "Models are the preset's real architectures with random weights, or checkpoints (--prior/--decoder).",
+    )
+    p.add_argument(
+        "--preset", default="tiny", choices=("tiny", "lite", "full"), help="architecture (random weights)"
+    )
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="NAME",
+        help="any of diffusers torch torch-compile onnxruntime tensorrt (default: every one that can run here)",
+    )
+    p.add_argument(
+        "--sizes", nargs="+", default=None, metavar="SIZE", help="image sides: 1024 or 1024x768 (px)"
+    )
+    p.add_argument(
+        "--batch", nargs="+", type=int, default=[1], metavar="N", help="images per call (default 1)"
+    )
+    p.add_argument(
+        "--steps", nargs=2, type=int, default=[20, 10], metavar=("STAGE_C", "STAGE_B"), help="default 20 10"
+    )
+    p.add_argument(
+        "--guidance",
+        nargs=2,
+        type=float,
+        default=[4.0, 0.0],
+        metavar=("STAGE_C", "STAGE_B"),
+        help="default 4 0",
+    )
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per backend and shape (default 1)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per backend and shape (default 5)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--precision", default="auto", help="auto, fp32, fp16 or bf16 (auto: fp32 on CPU)")
+    p.add_argument(
+        "--prior", help="prior checkpoint (diffusers directory or hub id) instead of random weights"
+    )
+    p.add_argument("--decoder", help="decoder checkpoint, with --prior")
+    p.add_argument(
+        "--onnx-dir", help="ONNX graphs for onnxruntime (default: exported into a temporary directory)"
+    )
+    p.add_argument("--engine-dir", help="TensorRT engines for tensorrt (built with `cascade-trt build`)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the sampling noise")
+    p.add_argument("--out", metavar="DIR", help="directory for results.json, results.md, results.png")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="print two result files side by side (no benchmark runs)",
+    )
+    p.set_defaults(func=run)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`1024` -> (1024, 1024); `1024x768` -> (1024, 768) (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2):
+        raise ConfigError(f"--sizes: {text!r} is not a size; write 1024 or 1024x768 (height x width, px)")
+    return (sides[0], sides[-1])
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _compare(args)
+    if not args.out:
+        raise ConfigError("--out DIR is required to run the benchmark (or use --compare A B)")
+    import torch
+
+    from cascade_trt.benchmarks import report, schema
+    from cascade_trt.benchmarks.suite import SuiteConfig, run_suite
+    from cascade_trt.stages import check_size
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    default_size = "256" if args.preset == "tiny" and args.prior is None else "1024"
+    sizes = tuple(parse_size(s) for s in (args.sizes or [default_size]))
+    for h, w in sizes:
+        check_size(h, w)
+    cfg = SuiteConfig(
+        preset=args.preset,
+        backends=tuple(args.backends) if args.backends else None,
+        sizes=sizes,
+        batches=tuple(args.batch),
+        steps_c=args.steps[0],
+        steps_b=args.steps[1],
+        guidance_c=args.guidance[0],
+        guidance_b=args.guidance[1],
+        warmup=args.warmup,
+        repeats=args.repeats,
+        device=device,
+        precision=args.precision,
+        prior=args.prior,
+        decoder=args.decoder,
+        onnx_dir=args.onnx_dir,
+        engine_dir=args.engine_dir,
+        seed=args.seed,
+    )
+    with tempfile.TemporaryDirectory(prefix="cascade-bench-") as workdir:
+        doc = run_suite(cfg, workdir=workdir, progress=lambda m: print(m, file=sys.stderr))
+    paths = report.write_all(doc, args.out)
+    schema.check(doc)  # after writing, so a document that fails the check can still be inspected
+    print(report.markdown(doc))
+    print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}", file=sys.stderr)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from cascade_trt.benchmarks import report, schema
+
+    docs = []
+    for path in args.compare:
+        if not Path(path).is_file():
+            raise ConfigError(f"--compare: {path} does not exist (pass two results.json files)")
+        doc = report.read_json(path)
+        schema.check(doc)
+        docs.append(doc)
+    names = tuple(f"{Path(p).parent.name}/{Path(p).name}" for p in args.compare)
+    text = report.compare(docs[0], docs[1], names=names)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(text)
+    print(text)
+    return 0
