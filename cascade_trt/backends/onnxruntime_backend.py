@@ -1,0 +1,169 @@
+"""The `onnxruntime` backend: runs the exported `<stage>.onnx` graphs with IO binding to the static tensors.
+
+Each shape is bound once (`bind`): ONNX Runtime reads the loop's input tensors and writes its output tensors in
+place, by address, with no copies. CPU here; on a CUDA device the CUDA (or TensorRT) execution provider where
+onnxruntime-gpu is installed. ONNX Runtime's `run` returns to the host when done, so this runner is not
+capturable: on CUDA the loop runs it uncaptured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cascade_trt.artifacts import onnx_path, read_manifest
+from cascade_trt.backends.base import Bindings, StageRunner
+from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, PrecisionError, ShapeError
+from cascade_trt.precision import NAMES
+from cascade_trt.stages import COMPUTE, StageSpec
+
+# ONNX TensorProto element types, and ONNX Runtime's type strings, of the dtypes a stage uses.
+ONNX_TYPES = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16, torch.int64: 7, torch.int32: 6}
+ORT_TYPES = {
+    "tensor(float)": torch.float32,
+    "tensor(float16)": torch.float16,
+    "tensor(bfloat16)": torch.bfloat16,
+    "tensor(int64)": torch.int64,
+    "tensor(int32)": torch.int32,
+}
+CPU_ONLY = ("CPUExecutionProvider",)
+
+
+class OnnxRuntimeRunner(StageRunner):
+    """One exported stage in an `onnxruntime.InferenceSession`."""
+
+    capturable = False  # `run_with_iobinding` synchronises with the host
+
+    def __init__(
+        self,
+        spec: StageSpec,
+        path: str | Path,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        providers: list[Any] | None = None,
+    ) -> None:
+        super().__init__(spec, dtype, device)
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if read_manifest(self.path) is None:
+            raise ArtifactMismatchError(
+                f"{self.path} or its manifest is missing (an export that did not finish, or none): export it with "
+                f"`cascade-trt export --stages {spec.name} --out {self.path.parent}`"
+            )
+        self.providers = _providers(ort, self.device, providers)
+        self.session = ort.InferenceSession(str(self.path), providers=self.providers)
+        self._graph_inputs = {i.name: i for i in self.session.get_inputs()}
+        self._graph_outputs = {o.name: o for o in self.session.get_outputs()}
+        self._check_names()
+        self._check_dtypes()
+
+    def check_shape(self, batch: int, height: int, width: int) -> None:
+        """ShapeError for a shape the graph's fixed dims cannot take (a graph exported for one size, say)."""
+        for t in self.spec.inputs:
+            want = t.resolve(batch, height, width)
+            have = self._graph_inputs[t.name].shape
+            fixed = [(axis, dim) for axis, dim in enumerate(have) if isinstance(dim, int)]
+            if len(have) != len(want) or any(want[axis] != dim for axis, dim in fixed):
+                raise ShapeError(
+                    f"{self.path.name} takes {t.name} of shape {list(have)}, asked {list(want)} "
+                    f"(batch {batch}, {height}x{width} px): re-export {self.spec.name} with dynamic shapes "
+                    "(`cascade-trt export`) or ask for a size and batch the graph was exported for"
+                )
+
+    def bind(self, bindings: Bindings) -> Any:
+        io = self.session.io_binding()
+        device_type = "cuda" if self.device.type == "cuda" else "cpu"
+        device_id = self.device.index or 0
+        for group, bind in ((bindings.inputs, io.bind_input), (bindings.outputs, io.bind_output)):
+            for name, t in group.items():
+                bind(name, device_type, device_id, ONNX_TYPES[t.dtype], list(t.shape), t.data_ptr())
+        return io
+
+    def execute(self, bindings: Bindings) -> None:
+        if self.device.type == "cuda":
+            # ONNX Runtime runs on its own stream: the inputs torch wrote must be complete first.
+            torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(bindings.state)
+
+    def _check_names(self) -> None:
+        for kind, want, have in (
+            ("inputs", self.spec.input_names, self._graph_inputs),
+            ("outputs", self.spec.output_names, self._graph_outputs),
+        ):
+            if set(want) != set(have):
+                raise ArtifactMismatchError(
+                    f"{self.path} has {kind} {sorted(have)}, {self.spec.name} needs {sorted(want)}: "
+                    "it was exported for another stage or version; re-export it"
+                )
+
+    def _check_dtypes(self) -> None:
+        """The graph's float dtype decides; refuse what the providers cannot run or what was not asked."""
+        for t in self.spec.tensors:
+            node = self._graph_inputs.get(t.name) or self._graph_outputs[t.name]
+            graph_dtype = ORT_TYPES.get(node.type)
+            want = self.tensor_dtype(t.dtype)
+            if graph_dtype == want:
+                continue
+            name = NAMES.get(graph_dtype, node.type)
+            if (
+                t.dtype == COMPUTE
+                and graph_dtype in (torch.float16, torch.bfloat16)
+                and _cpu_only(self.providers)
+            ):
+                raise PrecisionError(
+                    f"{self.path.name} is a {name} graph, which ONNX Runtime's CPU provider cannot run (no {name} "
+                    "kernels for most ops): export with --precision fp32 for CPU, or run on a CUDA device "
+                    "with onnxruntime-gpu"
+                )
+            raise ArtifactMismatchError(
+                f"{self.path.name}: {t.name} is {name} in the graph but {NAMES.get(want, want)} was asked: "
+                f"pass precision={{'{self.spec.name}': '{name}'}}, or re-export with the precision you want"
+            )
+
+
+def _providers(ort: Any, device: torch.device, providers: list[Any] | None) -> list[Any]:
+    available = ort.get_available_providers()
+    if providers is not None:
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise BackendUnavailableError(
+                f"ONNX Runtime providers {missing} are not available (installed: {available}): "
+                "install onnxruntime-gpu for CUDA/TensorRT (pip install 'cascade-trt[onnxruntime-gpu]')"
+            )
+        return list(providers)
+    if device.type == "cpu":
+        return list(CPU_ONLY)
+    if "CUDAExecutionProvider" not in available:
+        raise BackendUnavailableError(
+            f"ONNX Runtime here has no CUDA provider ({available}): install onnxruntime-gpu "
+            "(pip install 'cascade-trt[onnxruntime-gpu]') or use device='cpu'"
+        )
+    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+
+
+def _cpu_only(providers: list[Any]) -> bool:
+    return all((p[0] if isinstance(p, tuple) else p) in CPU_ONLY for p in providers)
+
+
+def create_runner(
+    spec: StageSpec,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    artifact_dir: str | Path | None = None,
+    providers: list[Any] | None = None,
+    **_: Any,
+) -> OnnxRuntimeRunner:
+    """Registry factory: runs `artifact_dir/<stage>.onnx` (the `onnx_dir` of the pipeline)."""
+    if artifact_dir is None:
+        raise ArtifactMismatchError(
+            f"the onnxruntime backend runs exported graphs: pass onnx_dir for {spec.name}"
+        )
+    return OnnxRuntimeRunner(
+        spec, onnx_path(artifact_dir, spec.name), dtype=dtype, device=device, providers=providers
+    )

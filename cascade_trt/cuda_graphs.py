@@ -1,0 +1,80 @@
+"""A cache of captured CUDA graphs, one per stage and shape (after stable-fast's `cuda/graphs.py`).
+
+What is captured is a whole denoising step (model, guidance mix, scheduler update, step index increment):
+`cascade_trt.loop` owns the static buffers that step reads and writes; this module only captures a
+callable once per key and replays it. Capture follows the rules that make replay exact:
+
+* warm-up runs first on a side stream (lazy initialisation, cuDNN/cuBLAS autotuning and torch.compile all
+  happen there, outside the capture), then the stream is joined back;
+* every capture allocates from one memory pool shared by all graphs, so N shapes do not cost N pools;
+* the callable must only touch static tensors: whatever it allocates lives in the pool and is overwritten by
+  the next replay, so results are copied out of static buffers by the caller.
+
+On a CPU device nothing is captured: `GraphCache.enabled` is False and the loop calls the same step directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+
+# Key: (stage, batch, height, width, dtype, guided). `guided` is there because guidance doubles the batch
+# the model sees: same images, different graph.
+GraphKey = tuple[Hashable, ...]
+
+
+class GraphCache:
+    """CUDA graphs keyed by (stage, batch, height, width, dtype, guided), sharing one memory pool."""
+
+    def __init__(self, device: torch.device | str, *, enabled: bool = True, warmup_steps: int = 2) -> None:
+        self.device = torch.device(device)
+        self.enabled = bool(enabled) and self.device.type == "cuda"
+        self.warmup_steps = warmup_steps
+        self._graphs: dict[GraphKey, torch.cuda.CUDAGraph] = {}
+        self._pool: Any = None
+
+    def __contains__(self, key: GraphKey) -> bool:
+        return key in self._graphs
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def keys(self) -> list[GraphKey]:
+        return list(self._graphs)
+
+    def get_or_capture(self, key: GraphKey, step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        """The graph of `step` for `key`, captured on first use.
+
+        `step` runs `warmup_steps` times before capture, so it must be safe to run on whatever its buffers
+        hold: the caller writes the real inputs after this returns.
+        """
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._capture(step)
+            self._graphs[key] = graph
+        return graph
+
+    def drop(self, key: GraphKey) -> None:
+        """Forget one graph (its static buffers were reallocated, so its addresses are stale)."""
+        self._graphs.pop(key, None)
+
+    def clear(self) -> None:
+        self._graphs.clear()
+
+    def _capture(self, step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        with torch.cuda.device(self.device):
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            current = torch.cuda.current_stream()
+            side = torch.cuda.Stream()
+            side.wait_stream(current)
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(self.warmup_steps):
+                    step()
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
+                step()
+            return graph

@@ -1,0 +1,193 @@
+"""The denoising loop shared by every backend: Stage C and Stage B both run through `Denoiser`.
+
+One step is: write the model inputs (sample, timestep ratio) into the runner's static tensors, `runner.execute`,
+mix the guidance halves, apply the scheduler update, advance the step index. Everything a step reads that
+changes between steps (timestep ratio, scheduler coefficients, noise) sits in a table on the device indexed by
+a device-side step counter, so the step has no host sync, no `.item()`, no branch on a value: the same step
+is captured once as a CUDA graph and replayed for every step (on CUDA), or called as is (on CPU).
+
+Randomness follows diffusers exactly: with the user's generator, the initial latents first, then one noise
+draw per step (the last one masked to zero), each in the model dtype. All of a stage's draws happen before
+the loop, in that order, so a given CPU `torch.Generator` gives diffusers' images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+
+import torch
+
+from cascade_trt.backends.base import Bindings, StageRunner
+from cascade_trt.cuda_graphs import GraphCache, GraphKey
+from cascade_trt.scheduler import SchedulerConfig, WuerstchenSchedule
+
+Progress = Callable[[Iterable[int], str], Iterable[int]]
+# Inputs the loop writes itself every step; the rest of a stage's inputs are conditioning, written once.
+LOOP_INPUTS = ("sample", "timestep_ratio")
+
+
+def no_progress(steps: Iterable[int], desc: str) -> Iterable[int]:
+    return steps
+
+
+class StageLoop:
+    """The static state of one stage's loop at one shape: bindings, latents, schedule, noise, step index.
+
+    Allocated once per (stage, batch, height, width, dtype, guided) and reused by every later call, so a
+    captured step's addresses stay valid. Tables are sized for `capacity` steps; more steps reallocate them
+    (and the owner drops the graph that pointed at the old ones).
+    """
+
+    def __init__(self, runner: StageRunner, *, batch: int, height: int, width: int, guided: bool) -> None:
+        self.runner, self.batch, self.guided = runner, batch, guided
+        self.bindings: Bindings = runner.allocate(2 * batch if guided else batch, height, width)
+        for t in (*self.bindings.inputs.values(), *self.bindings.outputs.values()):
+            t.zero_()  # warm-up before capture runs on these: keep it off uninitialised memory
+        sample = self.bindings.inputs["sample"]
+        # The latents live in the model's own input: the conditional half under guidance (the loop copies it
+        # to the unconditional half), the whole input without.
+        self.latents = sample[:batch]
+        self.index = torch.zeros(1, dtype=torch.int64, device=runner.device)
+        self.weight = torch.zeros((), dtype=torch.float32, device=runner.device)  # guidance scale
+        self.capacity = 0
+        self.schedule: WuerstchenSchedule | None = None
+        self.noise = torch.empty(0)
+
+    def reserve(self, num_steps: int) -> bool:
+        """Make the tables hold `num_steps` steps. True when they were reallocated (addresses changed)."""
+        if num_steps <= self.capacity:
+            return False
+        device, dtype = self.runner.device, self.runner.dtype
+        self.schedule = WuerstchenSchedule(
+            *(
+                torch.zeros(
+                    num_steps, dtype=dtype if f.name == "timestep_ratio" else torch.float32, device=device
+                )
+                for f in fields(WuerstchenSchedule)
+            )
+        )
+        self.noise = torch.zeros((num_steps, *self.latents.shape), dtype=dtype, device=device)
+        self.capacity = num_steps
+        return True
+
+    def load(
+        self,
+        schedule: WuerstchenSchedule,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        conditioning: dict[str, torch.Tensor],
+        guidance_scale: float,
+    ) -> None:
+        """Write one run's values into the static buffers and rewind the step index (host side, before the loop)."""
+        n = schedule.num_steps
+        assert self.schedule is not None and n <= self.capacity, "reserve() the steps first"
+        for f in fields(WuerstchenSchedule):
+            getattr(self.schedule, f.name)[:n].copy_(getattr(schedule, f.name))
+        self.noise[:n].copy_(noise)
+        self.latents.copy_(latents)
+        for name, value in conditioning.items():
+            self.bindings.inputs[name].copy_(value)
+        self.weight.fill_(float(guidance_scale))
+        self.index.zero_()
+
+    def step(self) -> None:
+        """One denoising step, all on the device. Python branches here are on structure (guided), never on values."""
+        inputs, i = self.bindings.inputs, self.index
+        assert self.schedule is not None
+        ratio = inputs["timestep_ratio"]
+        ratio.copy_(self.schedule.timestep_ratio.index_select(0, i).expand(ratio.shape))
+        if self.guided:
+            inputs["sample"][self.batch :].copy_(self.latents)
+        self.runner.execute(self.bindings)
+        prediction = self.bindings.outputs["prediction"]
+        if self.guided:
+            cond, uncond = prediction.chunk(2)  # diffusers' batch order: [conditional, unconditional]
+            # lerp in fp32 with an fp32 weight: diffusers' lerp with a Python-float weight computes the same
+            # (upcast, one rounding) and the weight stays a device tensor, so a new scale needs no recapture.
+            prediction = torch.lerp(uncond.float(), cond.float(), self.weight).to(prediction.dtype)
+        noise = self.noise.index_select(0, i)[0]
+        self.latents.copy_(self.schedule.update(i, self.latents, prediction, noise))
+        i.add_(1)
+
+
+@dataclass
+class StageRun:
+    """What one call of a stage loop needs, besides the runner."""
+
+    batch: int  # images (prompts x images per prompt), before guidance doubles it
+    height: int
+    width: int
+    num_steps: int
+    guidance_scale: float
+    conditioning: dict[str, torch.Tensor]  # every model input but sample/timestep_ratio, at the model's batch
+    generator: torch.Generator | list[torch.Generator] | None = None
+    scheduler: SchedulerConfig = SchedulerConfig()  # frozen, so one shared default is safe
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale > 1  # diffusers' `do_classifier_free_guidance`
+
+
+class Denoiser:
+    """Runs stage loops, keeping each shape's `StageLoop` (and, on CUDA, its captured step) for later calls."""
+
+    def __init__(self, graphs: GraphCache) -> None:
+        self.graphs = graphs
+        self._loops: dict[GraphKey, StageLoop] = {}
+
+    def __call__(self, runner: StageRunner, run: StageRun, progress: Progress = no_progress) -> torch.Tensor:
+        """The stage's final latents (a fresh tensor, copied out of the static buffers)."""
+        loop, key = self._loop(runner, run)
+        expected = set(runner.spec.input_names) - set(LOOP_INPUTS)
+        if set(run.conditioning) != expected:
+            raise ValueError(
+                f"{runner.spec.name} conditioning must be {sorted(expected)}, got {sorted(run.conditioning)}"
+            )
+        if loop.reserve(run.num_steps):
+            self.graphs.drop(key)
+        step = loop.step
+        if self.graphs.enabled and runner.capturable:
+            # Capture before loading: warm-up runs the step on the buffers.
+            step = self.graphs.get_or_capture(key, loop.step).replay
+        schedule = WuerstchenSchedule.build(
+            run.num_steps, dtype=runner.dtype, device=runner.device, config=run.scheduler
+        )
+        latents, noise = draw_noise(
+            loop.latents.shape, run.num_steps, run.generator, runner.dtype, runner.device
+        )
+        loop.load(schedule, latents, noise, run.conditioning, run.guidance_scale)
+        with torch.no_grad():
+            for _ in progress(range(run.num_steps), runner.spec.name):
+                step()
+        return loop.latents.clone()
+
+    def _loop(self, runner: StageRunner, run: StageRun) -> tuple[StageLoop, GraphKey]:
+        key = (runner.spec.name, run.batch, run.height, run.width, runner.dtype, run.guided)
+        loop = self._loops.get(key)
+        if loop is None:
+            loop = StageLoop(runner, batch=run.batch, height=run.height, width=run.width, guided=run.guided)
+            self._loops[key] = loop
+        return loop, key
+
+
+def draw_noise(
+    shape: tuple[int, ...] | torch.Size,
+    num_steps: int,
+    generator: torch.Generator | list[torch.Generator] | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial latents (shape) and per-step noise (num_steps, *shape), drawn as diffusers draws them.
+
+    diffusers' `randn_tensor` itself, called in diffusers' order: once in `prepare_latents`, then once in every
+    scheduler step (the last draw is masked to zero there, but it still advances the generator).
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = tuple(shape)
+    latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    noise = torch.stack(
+        [randn_tensor(shape, generator=generator, device=device, dtype=dtype) for _ in range(num_steps)]
+    )
+    return latents, noise

@@ -1,0 +1,484 @@
+"""`CascadePipeline`: a drop-in for diffusers' `StableCascadeCombinedPipeline` over any backend.
+
+    pipe = CascadePipeline.from_pretrained(prior=P, decoder=D, backend="torch", device="cuda")
+    image = pipe("a photo of a cat", generator=torch.Generator().manual_seed(0)).images[0]
+
+`__call__` is exactly `encode_prompt` -> `run_stage_c` -> `run_stage_b` -> `run_stage_a`, each public so a
+benchmark can time the stages one by one. The text encoder runs once per call and feeds both stages, as in
+diffusers' combined pipeline; unlike diffusers, the negative embeddings are computed whenever either stage
+guides (diffusers crashes on prior guidance off with decoder guidance on).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cascade_trt.backends import RUNS_MODULES, StageRunner, backend_module, create_runner
+from cascade_trt.backends.base import Bindings
+from cascade_trt.checkpoints import CascadeComponents, load_components, resolve_pipeline_dir
+from cascade_trt.configs import CascadeConfig
+from cascade_trt.cuda_graphs import GraphCache
+from cascade_trt.errors import ConfigError, NonFiniteOutputError, ShapeError
+from cascade_trt.loop import Denoiser, StageRun
+from cascade_trt.precision import NAMES, PrecisionPolicy
+from cascade_trt.scheduler import SchedulerConfig
+from cascade_trt.stages import SIZE_UNIT, check_size, latent_sizes, stage_specs
+
+log = logging.getLogger(__name__)
+
+PIPELINE_STAGES = ("text_encoder", "stage_c", "stage_b", "stage_a")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class PromptEmbeddings:
+    """Text-encoder outputs for a call, already repeated per image: (B*n, 77, D) and (B*n, 1, P).
+
+    The negative halves are None when neither stage guides.
+    """
+
+    clip_text: torch.Tensor
+    clip_text_pooled: torch.Tensor
+    negative_clip_text: torch.Tensor | None = None
+    negative_clip_text_pooled: torch.Tensor | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.clip_text.shape[0]
+
+    def guided(self, name: str, stage: str) -> torch.Tensor:
+        """[conditional; unconditional] of one embedding, the batch order diffusers uses under guidance."""
+        negative = getattr(self, f"negative_{name}")
+        if negative is None:
+            raise ConfigError(
+                f"{stage} guides but the embeddings have no negative half: call encode_prompt(..., guidance=True)"
+            )
+        return torch.cat([getattr(self, name), negative])
+
+
+class CascadePipeline:
+    """Stable Cascade text-to-image on one backend. Build with `from_pretrained` or `from_components`."""
+
+    def __init__(
+        self,
+        config: CascadeConfig,
+        tokenizer: Any,
+        runners: dict[str, StageRunner],
+        *,
+        device: torch.device | str = "cpu",
+        schedulers: dict[str, SchedulerConfig] | None = None,
+        cuda_graphs: bool = True,
+        backend: str = "torch",
+    ) -> None:
+        missing = [s for s in PIPELINE_STAGES if s not in runners]
+        if missing:
+            raise ConfigError(f"CascadePipeline needs runners for {', '.join(missing)}")
+        self.config, self.tokenizer, self.runners = config, tokenizer, runners
+        self.device, self.backend = torch.device(device), backend
+        self.schedulers = {"stage_c": SchedulerConfig(), "stage_b": SchedulerConfig(), **(schedulers or {})}
+        self.graphs = GraphCache(self.device, enabled=cuda_graphs)
+        self.denoiser = Denoiser(self.graphs)
+        self._bindings: dict[tuple[str, int, int, int], Bindings] = {}
+        self._progress: dict[str, Any] = {}
+
+    # --- construction --------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        prior: str | Path,
+        decoder: str | Path,
+        *,
+        backend: str = "torch",
+        device: str | torch.device = "cpu",
+        precision: str | dict[str, str] = "auto",
+        onnx_dir: str | Path | None = None,
+        engine_dir: str | Path | None = None,
+        providers: list[Any] | None = None,
+        compile: bool = False,  # noqa: A002 (diffusers-style option name)
+        cuda_graphs: bool = True,
+        prior_subfolder: str = "prior",
+        decoder_subfolder: str = "decoder",
+    ) -> CascadePipeline:
+        """Load from diffusers-format prior and decoder pipeline directories (or hub ids).
+
+        The torch backend loads the weights, each stage straight into its dtype; the onnxruntime and tensorrt
+        backends load only the tokenizer and configs and run the models in `onnx_dir` / `engine_dir`.
+        """
+        backend_module(backend)  # unknown backend: fail before loading anything
+        prior_dir = resolve_pipeline_dir(prior, "prior", subfolder=prior_subfolder)
+        decoder_dir = resolve_pipeline_dir(decoder, "decoder", subfolder=decoder_subfolder)
+        config = CascadeConfig.from_pretrained(
+            prior_dir, decoder_dir, prior_subfolder=prior_subfolder, decoder_subfolder=decoder_subfolder
+        )
+        policy = PrecisionPolicy.resolve(config, precision, device=device, target=backend)
+        if backend in RUNS_MODULES:
+            components = load_components(
+                prior_dir,
+                decoder_dir,
+                stages=PIPELINE_STAGES,
+                dtypes=policy.dtypes(),
+                device=device,
+                prior_subfolder=prior_subfolder,
+                decoder_subfolder=decoder_subfolder,
+            )
+        else:
+            from transformers import CLIPTokenizer
+
+            tokenizer = CLIPTokenizer.from_pretrained(prior_dir, subfolder="tokenizer")
+            components = CascadeComponents(config=config, tokenizer=tokenizer)
+        schedulers = {
+            "stage_c": SchedulerConfig.from_pretrained(prior_dir),
+            "stage_b": SchedulerConfig.from_pretrained(decoder_dir),
+        }
+        return cls.from_components(
+            components,
+            backend=backend,
+            device=device,
+            precision=policy.stages,
+            onnx_dir=onnx_dir,
+            engine_dir=engine_dir,
+            providers=providers,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
+            schedulers=schedulers,
+        )
+
+    @classmethod
+    def from_components(
+        cls,
+        components: CascadeComponents,
+        *,
+        backend: str = "torch",
+        device: str | torch.device = "cpu",
+        precision: str | dict[str, str] = "auto",
+        onnx_dir: str | Path | None = None,
+        engine_dir: str | Path | None = None,
+        providers: list[Any] | None = None,
+        compile: bool = False,  # noqa: A002
+        cuda_graphs: bool = True,
+        schedulers: dict[str, SchedulerConfig] | None = None,
+    ) -> CascadePipeline:
+        """Build on already-loaded (or random-weight) components. Modules are cast to the policy's dtypes."""
+        from cascade_trt.modules import stage_module
+
+        backend_module(backend)
+        if components.tokenizer is None:
+            raise ConfigError("components have no tokenizer: load them with the text_encoder stage")
+        device = torch.device(device)
+        policy = PrecisionPolicy.resolve(components.config, precision, device=device, target=backend)
+        artifact_dir = engine_dir if backend == "tensorrt" else onnx_dir
+        if backend not in RUNS_MODULES and artifact_dir is None:
+            flag = "engine_dir" if backend == "tensorrt" else "onnx_dir"
+            raise ConfigError(f"the {backend} backend runs files from disk: pass {flag}=<directory>")
+        specs = stage_specs(components.config)
+        dtypes = {stage: policy.dtype(stage) for stage in PIPELINE_STAGES}
+        module = backend_module(backend)
+        if backend == "tensorrt" and hasattr(module, "load_runners"):
+            # One activation buffer shared by every engine's context: the backend's own loader sets that up.
+            stages = {stage: specs[stage] for stage in PIPELINE_STAGES}
+            runners = module.load_runners(stages, engine_dir, device, dtypes=dtypes, onnx_dir=onnx_dir)
+        else:
+            runners = {}
+            for stage in PIPELINE_STAGES:
+                options: dict[str, Any] = {
+                    "providers": providers,
+                    "compile": compile,
+                    "artifact_dir": artifact_dir,
+                    "onnx_dir": onnx_dir,
+                    "engine_dir": engine_dir,
+                }
+                if backend in RUNS_MODULES:
+                    options["module"] = stage_module(components, stage).to(device=device, dtype=dtypes[stage])
+                runners[stage] = create_runner(
+                    backend, specs[stage], dtype=dtypes[stage], device=device, **options
+                )
+        return cls(
+            components.config,
+            components.tokenizer,
+            runners,
+            device=device,
+            schedulers=schedulers,
+            cuda_graphs=cuda_graphs,
+            backend=backend,
+        )
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """tqdm options for the per-stage progress bars (`disable=True` turns them off), as in diffusers."""
+        self._progress = dict(kwargs)
+
+    # --- the stages ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_prompt(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        guidance: bool = True,
+    ) -> PromptEmbeddings:
+        """Run the text encoder once for the prompts (and, with `guidance`, the negative prompts).
+
+        Prompts longer than the tokenizer's 77 tokens are truncated with a warning, as diffusers does. An
+        absent negative prompt is the empty string, encoded (not zeros).
+        """
+        prompts, negatives = _prompt_lists(prompt, negative_prompt)
+        _check_count("num_images_per_prompt", num_images_per_prompt)
+
+        def encode(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self._run_once("text_encoder", len(texts), SIZE_UNIT, SIZE_UNIT, *self._tokenize(texts))
+            n = num_images_per_prompt
+            return out["clip_text"].repeat_interleave(n, 0), out["clip_text_pooled"].repeat_interleave(n, 0)
+
+        # Prompts and negatives as two batches, as diffusers encodes them: one batch of both would round the
+        # pooled projection differently (a GEMM of another height), 1e-7 apart but no longer bit-identical.
+        emb = PromptEmbeddings(*encode(prompts))
+        if guidance:
+            emb.negative_clip_text, emb.negative_clip_text_pooled = encode(negatives)
+        return emb
+
+    @torch.no_grad()
+    def run_stage_c(
+        self,
+        embeddings: PromptEmbeddings,
+        height: int,
+        width: int,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 4.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """The prior loop: Stage C latents ("effnet"), (B*n, 16, ceil(H/42.67), ceil(W/42.67))."""
+        check_size(height, width)
+        _check_count("prior_num_inference_steps", num_inference_steps)
+        _check_scale("prior_guidance_scale", guidance_scale)
+        runner = self.runners["stage_c"]
+        batch = embeddings.batch
+        guided = guidance_scale > 1
+        if guided:
+            conditioning = {
+                "clip_text_pooled": embeddings.guided("clip_text_pooled", "stage_c"),
+                "clip_text": embeddings.guided("clip_text", "stage_c"),
+            }
+        else:
+            conditioning = {
+                "clip_text_pooled": embeddings.clip_text_pooled,
+                "clip_text": embeddings.clip_text,
+            }
+        # No image prompt: diffusers conditions both halves on zero image embeddings.
+        clip_img = runner.spec.tensor("clip_img").shape[1:]  # (1, C): fixed sizes
+        conditioning["clip_img"] = torch.zeros((2 * batch if guided else batch, *clip_img))
+        run = StageRun(
+            batch,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            conditioning,
+            _check_generator(generator, batch),
+            self.schedulers["stage_c"],
+        )
+        return self._checked("stage_c", self.denoiser(runner, run, self._progress_bar))
+
+    @torch.no_grad()
+    def run_stage_b(
+        self,
+        embeddings: PromptEmbeddings,
+        effnet: torch.Tensor,
+        num_inference_steps: int = 10,
+        guidance_scale: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """The decoder loop: Stage B latents (B*n, 4, Hb, Wb) from Stage C's latents."""
+        _check_count("num_inference_steps", num_inference_steps)
+        _check_scale("decoder_guidance_scale", guidance_scale)
+        height, width = self._size_of_latents(effnet, "stage_c", "effnet")
+        batch = effnet.shape[0]
+        if batch != embeddings.batch:
+            raise ShapeError(
+                f"effnet has batch {batch} but the embeddings {embeddings.batch}: use the same call's"
+            )
+        if guidance_scale > 1:
+            conditioning = {
+                "clip_text_pooled": embeddings.guided("clip_text_pooled", "stage_b"),
+                "effnet": torch.cat([effnet, torch.zeros_like(effnet)]),  # unconditional effnet is zeros
+            }
+        else:
+            conditioning = {"clip_text_pooled": embeddings.clip_text_pooled, "effnet": effnet}
+        run = StageRun(
+            batch,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            conditioning,
+            _check_generator(generator, batch),
+            self.schedulers["stage_b"],
+        )
+        return self._checked("stage_b", self.denoiser(self.runners["stage_b"], run, self._progress_bar))
+
+    @torch.no_grad()
+    def run_stage_a(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode Stage B latents to images (B, 3, H, W) in [0, 1] (the VQGAN scale and clamp are in the stage)."""
+        height, width = self._size_of_latents(latents, "stage_b", "latents")
+        images = self._run_once("stage_a", latents.shape[0], height, width, latents)["images"]
+        return self._checked("stage_a", images)
+
+    # --- the whole cascade ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int = 1024,
+        width: int = 1024,
+        num_images_per_prompt: int = 1,
+        prior_num_inference_steps: int = 20,
+        prior_guidance_scale: float = 4.0,
+        num_inference_steps: int = 10,
+        decoder_guidance_scale: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> Any:
+        """Text to image with diffusers' meaning for every argument; returns what diffusers returns
+        (`ImagePipelineOutput`, or the images alone with `return_dict=False`)."""
+        if output_type not in OUTPUT_TYPES:
+            raise ConfigError(f"output_type={output_type!r}: choose one of {', '.join(OUTPUT_TYPES)}")
+        check_size(height, width)
+        _check_count("prior_num_inference_steps", prior_num_inference_steps)
+        _check_count("num_inference_steps", num_inference_steps)
+        _check_scale("prior_guidance_scale", prior_guidance_scale)
+        _check_scale("decoder_guidance_scale", decoder_guidance_scale)
+        guidance = prior_guidance_scale > 1 or decoder_guidance_scale > 1
+        emb = self.encode_prompt(prompt, negative_prompt, num_images_per_prompt, guidance=guidance)
+        effnet = self.run_stage_c(
+            emb, height, width, prior_num_inference_steps, prior_guidance_scale, generator
+        )
+        latents = self.run_stage_b(emb, effnet, num_inference_steps, decoder_guidance_scale, generator)
+        images = latents if output_type == "latent" else _convert(self.run_stage_a(latents), output_type)
+        if not return_dict:
+            return images
+        from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
+        return ImagePipelineOutput(images=images)
+
+    # --- helpers -------------------------------------------------------------------------------------------
+
+    def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.tokenizer
+        max_length = tok.model_max_length
+        inputs = tok(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        untruncated = tok(texts, padding="longest", return_tensors="pt").input_ids
+        if untruncated.shape[-1] >= inputs.input_ids.shape[-1] and not torch.equal(
+            inputs.input_ids, untruncated
+        ):
+            removed = tok.batch_decode(untruncated[:, max_length - 1 : -1])
+            log.warning(
+                "The following part of your input was truncated because CLIP can only handle sequences up to "
+                "%d tokens: %s",
+                max_length,
+                removed,
+            )
+        return inputs.input_ids, inputs.attention_mask
+
+    def _run_once(
+        self, stage: str, batch: int, height: int, width: int, *inputs: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """One call of a single-shot stage on bindings allocated once per shape; outputs copied out."""
+        runner = self.runners[stage]
+        key = (stage, batch, height, width)
+        bindings = self._bindings.get(key)
+        if bindings is None:
+            bindings = self._bindings[key] = runner.allocate(batch, height, width)
+        for name, value in zip(runner.spec.input_names, inputs, strict=True):
+            bindings.inputs[name].copy_(value)
+        runner.execute(bindings)
+        return {name: t.clone() for name, t in bindings.outputs.items()}
+
+    def _size_of_latents(self, latents: torch.Tensor, stage: str, name: str) -> tuple[int, int]:
+        """The image size a Stage C ("stage_c") or Stage B ("stage_b") latent belongs to.
+
+        Inverts diffusers' arithmetic, which is linear in 128 px units (see `cascade_trt.stages`).
+        """
+        per_unit = latent_sizes(self.config, SIZE_UNIT, SIZE_UNIT)[stage][0]
+        bad = ShapeError(f"{name} of shape {tuple(latents.shape)} is not a {stage} latent of this cascade")
+        if latents.dim() != 4 or latents.shape[2] % per_unit or latents.shape[3] % per_unit:
+            raise bad
+        height, width = latents.shape[2] // per_unit * SIZE_UNIT, latents.shape[3] // per_unit * SIZE_UNIT
+        if latent_sizes(self.config, height, width)[stage] != tuple(latents.shape[2:]):
+            raise bad
+        return height, width
+
+    def _checked(self, stage: str, output: torch.Tensor) -> torch.Tensor:
+        """One host sync per stage (never per step): refuse NaN/inf with the usual cause and fix."""
+        if not bool(torch.isfinite(output).all()):
+            precision = NAMES.get(self.runners[stage].dtype, str(self.runners[stage].dtype))
+            raise NonFiniteOutputError(
+                f"{stage} produced NaN or infinite values in {precision}. fp16 overflow is the usual cause "
+                f"(the full Stage C is known to overflow): run {stage} in bf16, e.g. "
+                f"precision={{'{stage}': 'bf16'}} (or fp32)"
+            )
+        return output
+
+    def _progress_bar(self, steps: Iterable[int], desc: str) -> Iterable[int]:
+        from tqdm.auto import tqdm
+
+        return tqdm(steps, desc=desc, **self._progress)
+
+
+def _prompt_lists(prompt: Any, negative_prompt: Any) -> tuple[list[str], list[str]]:
+    """Prompts and one negative per prompt; typed errors for anything else."""
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ConfigError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+    if negative_prompt is None:
+        return prompts, [""] * len(prompts)  # diffusers encodes the empty prompt, it does not use zeros
+    if isinstance(negative_prompt, str):
+        return prompts, [negative_prompt] * len(prompts)
+    if not isinstance(negative_prompt, list) or not all(isinstance(p, str) for p in negative_prompt):
+        raise ConfigError(f"negative_prompt must be a string or a list of strings, got {negative_prompt!r}")
+    if len(negative_prompt) != len(prompts):
+        raise ConfigError(
+            f"negative_prompt has {len(negative_prompt)} entries but prompt has {len(prompts)}: pass one "
+            "negative prompt per prompt, or a single string for all of them"
+        )
+    return prompts, negative_prompt
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_scale(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number (guidance is on above 1), got {value!r}")
+
+
+def _check_generator(generator: Any, batch: int) -> Any:
+    if isinstance(generator, list) and len(generator) != batch:
+        raise ConfigError(
+            f"got {len(generator)} generators for {batch} images: pass one generator, or one per image "
+            "(prompts x num_images_per_prompt)"
+        )
+    return generator
+
+
+def _convert(images: torch.Tensor, output_type: str) -> Any:
+    """diffusers' decoder-pipeline conversion: "pt" as is, "np" NHWC float32, "pil" through numpy."""
+    if output_type == "pt":
+        return images
+    array = images.permute(0, 2, 3, 1).cpu().float().numpy()
+    if output_type == "np":
+        return array
+    from diffusers.utils import numpy_to_pil
+
+    return numpy_to_pil(array)
