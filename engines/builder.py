@@ -1,0 +1,272 @@
+"""Build one TensorRT engine per stage, in-process, from the exported ONNX graphs.
+
+    from cascade_trt.engines.builder import BuildOptions, build_engines
+    build_engines("onnx/", "engines/", precision="auto", options=BuildOptions(shapes))
+
+Precision lives in the graph. TensorRT 11 builds strongly typed networks only (its FP16/BF16 builder flags are
+gone), and TensorRT 10 builds them when asked (`NetworkDefinitionCreationFlag.STRONGLY_TYPED`), so the exported
+graph must already be in the precision the policy chose; it is then fixed for TensorRT by `engines.passes`
+(Casts around bf16 Resize, ConvTranspose kernels in the activation dtype). `BuildOptions(strongly_typed=False)`
+is TensorRT 10's other way: an fp32 graph, with the FP16 or BF16 builder flag letting TensorRT choose per layer.
+
+Everything before `import tensorrt` (stage selection, precision policy, graph checks, profiles) is plain code;
+`_build_plan` is the only function that talks to TensorRT. A build writes the engine to a temporary file, renames
+it into place, and writes its manifest last, so a failed or killed build never leaves an engine that looks
+valid. A rebuild whose content key matches the manifest on disk is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cascade_trt.engines.availability import import_tensorrt, tensorrt_major
+from cascade_trt.engines.manifest import Target, cache_key, engine_manifest, onnx_identity
+from cascade_trt.engines.onnx_stage import OnnxStage, policy_config, select_exported
+from cascade_trt.engines.passes import passes_for, prepare_for_tensorrt
+from cascade_trt.engines.profiles import BuildShapes, profiles_to_json
+
+from cascade_trt.artifacts import atomic_path, engine_path, manifest_path, read_manifest, write_json
+from cascade_trt.errors import ArtifactMismatchError, CascadeError, ConfigError
+from cascade_trt.precision import PrecisionPolicy
+
+log = logging.getLogger(__name__)
+
+
+class EngineBuildError(CascadeError, RuntimeError):
+    """TensorRT refused to parse or build a graph; the message carries TensorRT's own errors."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build. None means TensorRT's default (Polygraphy's convention)."""
+
+    shapes: BuildShapes
+    strongly_typed: bool = True
+    workspace_gib: float | None = None
+    optimization_level: int | None = None  # builder_optimization_level, 0-5 (TensorRT's default is 3)
+    timing_cache: Path | None = None  # read before and written after each build; does not change results
+
+    def flags(self) -> dict[str, Any]:
+        """The options that decide an engine's content (part of its cache key and manifest)."""
+        return {
+            "strongly_typed": self.strongly_typed,
+            "workspace_gib": self.workspace_gib,
+            "optimization_level": self.optimization_level,
+        }
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage's build, decided before TensorRT is touched."""
+
+    stage: OnnxStage
+    precision: str
+    passes: tuple[str, ...]
+    profiles: dict[str, Any]
+
+
+def plan_builds(
+    onnx_dir: str | Path,
+    *,
+    precision: str | dict[str, str] = "auto",
+    stages: list[str] | tuple[str, ...] | None = None,
+    options: BuildOptions,
+) -> list[StagePlan]:
+    """Select stages, resolve the precision policy and check each graph against it (no TensorRT needed)."""
+    exported = select_exported(onnx_dir, stages)
+    policy = PrecisionPolicy.resolve(policy_config(exported), precision, device="cuda", target="tensorrt")
+    plans = []
+    for stage in exported:
+        want = policy[stage.name]
+        check_graph_precision(stage, want, strongly_typed=options.strongly_typed)
+        passes = passes_for(stage.precision) if options.strongly_typed else ()
+        plans.append(StagePlan(stage, want, passes, profiles_to_json(options.shapes.profiles(stage.spec))))
+    return plans
+
+
+def check_graph_precision(stage: OnnxStage, precision: str, *, strongly_typed: bool) -> None:
+    """The exported graph must carry the precision asked (strongly typed), or be fp32 (weakly typed)."""
+    have = stage.precision
+    if strongly_typed and have != precision:
+        raise ArtifactMismatchError(
+            f"{stage.path.name} is an {have} graph but {precision} was asked for {stage.name}: TensorRT builds "
+            f"strongly typed networks, so the precision comes from the graph. Re-export it with "
+            f"`cascade-trt export --stages {stage.name} --precision {precision} ...`, or build with "
+            f"--precision {have}"
+            + (" (or --weakly-typed on TensorRT 10 with an fp32 graph)" if have == "fp32" else "")
+        )
+    if not strongly_typed and have != "fp32":
+        raise ArtifactMismatchError(
+            f"--weakly-typed builds an fp32 graph with TensorRT 10's {precision.upper()} flag, but "
+            f"{stage.path.name} is {have}: export it in fp32, or drop --weakly-typed"
+        )
+
+
+def build_engines(
+    onnx_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    precision: str | dict[str, str] = "auto",
+    stages: list[str] | tuple[str, ...] | None = None,
+    options: BuildOptions,
+    force: bool = False,
+    device: Any = None,
+) -> dict[str, Path]:
+    """Build `out_dir/<stage>.plan` + `<stage>.json` for each stage; returns {stage: engine path}."""
+    plans = plan_builds(onnx_dir, precision=precision, stages=stages, options=options)
+    trt = import_tensorrt()
+    _check_typing_supported(trt, options)
+    target = Target.current(trt, device)
+    built = {}
+    for i, plan in enumerate(plans, 1):
+        log.info("[%d/%d] %s", i, len(plans), plan.stage.name)
+        built[plan.stage.name] = build_engine(
+            plan, out_dir, trt=trt, target=target, options=options, onnx_dir=onnx_dir, force=force
+        )
+    return built
+
+
+def build_engine(
+    plan: StagePlan,
+    out_dir: str | Path,
+    *,
+    trt: Any,
+    target: Target,
+    options: BuildOptions,
+    onnx_dir: str | Path,
+    force: bool = False,
+) -> Path:
+    """Build one stage (or keep the engine on disk when its content key matches)."""
+    out = engine_path(out_dir, plan.stage.name)
+    onnx = onnx_identity(plan.stage.manifest)
+    key = cache_key(
+        stage=plan.stage.name,
+        precision=plan.precision,
+        onnx=onnx,
+        profiles=plan.profiles,
+        flags=options.flags(),
+        passes=plan.passes,
+        target=target,
+    )
+    existing = read_manifest(out)
+    if not force and existing is not None and existing.get("cache_key") == key:
+        log.info("  %s is up to date (content key %s)", out, key[:12])
+        return out
+    start = time.monotonic()
+    engine = _build_plan(trt, plan, options, log_step=_stepper(plan.stage.name, start))
+    seconds = round(time.monotonic() - start, 1)
+    manifest = engine_manifest(
+        stage=plan.stage.name,
+        precision=plan.precision,
+        onnx=onnx,
+        shapes=options.shapes,
+        profiles=plan.profiles,
+        flags=options.flags(),
+        passes=plan.passes,
+        target=target,
+        onnx_dir=str(onnx_dir),
+        build_seconds=seconds,
+    )
+    write_engine(out, engine, manifest)
+    log.info("  %s: %.1f MB in %.1f s", out, out.stat().st_size / 2**20, seconds)
+    return out
+
+
+def write_engine(path: str | Path, engine: Any, manifest: dict[str, Any]) -> None:
+    """Write a serialized engine (bytes or TensorRT's IHostMemory) and then its manifest, atomically.
+
+    The old manifest goes before the new engine takes its name and the new manifest comes last: at no instant
+    does a manifest sit beside an engine it does not describe.
+    """
+    path = Path(path)
+    json.dumps(manifest)  # refuse an unserializable manifest before anything on disk changes
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(memoryview(engine))
+        manifest_path(path).unlink(missing_ok=True)
+    write_json(manifest_path(path), manifest)
+
+
+def _check_typing_supported(trt: Any, options: BuildOptions) -> None:
+    if not options.strongly_typed and tensorrt_major(trt.__version__) >= 11:
+        raise ConfigError(
+            f"TensorRT {trt.__version__} builds strongly typed networks only (weak typing and its FP16/BF16 flags "
+            "were removed in 11): drop --weakly-typed and export the graph in the precision you want"
+        )
+
+
+def _stepper(stage: str, start: float) -> Callable[[str], None]:
+    def step(what: str) -> None:
+        log.info("  %s: %s (%.1f s)", stage, what, time.monotonic() - start)
+
+    return step
+
+
+def _build_plan(trt: Any, plan: StagePlan, options: BuildOptions, *, log_step: Callable[[str], None]) -> Any:
+    """Parse, configure and build with TensorRT; returns the serialized engine (IHostMemory)."""
+    import onnx
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if options.strongly_typed and tensorrt_major(trt.__version__) < 11:  # always on (and deprecated) in 11
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    # Weights stay on disk: the rewritten graph is parsed from memory with `path` set to the original file,
+    # so its external data resolves from the export directory.
+    model, applied = prepare_for_tensorrt(
+        onnx.load(str(plan.stage.path), load_external_data=False),
+        plan.stage.precision if options.strongly_typed else "fp32",
+    )
+    log_step(f"parsing {plan.stage.path.name} ({', '.join(applied) or 'no passes'})")
+    if not parser.parse(model.SerializeToString(), str(plan.stage.path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT could not parse {plan.stage.path}: {errors}")
+    config = _builder_config(trt, builder, plan, options)
+    log_step(f"building {plan.precision} engine")
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise EngineBuildError(
+            f"TensorRT failed to build {plan.stage.name} (its log above says why); with too little memory, "
+            "lower --max-size/--max-batch or set --workspace-gib"
+        )
+    if options.timing_cache is not None:
+        _save_timing_cache(config, options.timing_cache)
+    return engine
+
+
+def _builder_config(trt: Any, builder: Any, plan: StagePlan, options: BuildOptions) -> Any:
+    config = builder.create_builder_config()
+    if options.workspace_gib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * 2**30))
+    if options.optimization_level is not None:
+        config.builder_optimization_level = options.optimization_level
+    if not options.strongly_typed and plan.precision != "fp32":
+        config.set_flag(trt.BuilderFlag.FP16 if plan.precision == "fp16" else trt.BuilderFlag.BF16)
+    profile = builder.create_optimization_profile()
+    for name, p in plan.profiles.items():
+        profile.set_shape(name, p["min"], p["opt"], p["max"])
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineBuildError(
+            f"TensorRT refused the optimization profile of {plan.stage.name}: {plan.profiles}"
+        )
+    if options.timing_cache is not None:
+        data = options.timing_cache.read_bytes() if options.timing_cache.is_file() else b""
+        cache = config.create_timing_cache(data)
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise EngineBuildError(
+                f"the timing cache {options.timing_cache} does not fit this TensorRT/GPU: delete it or pick another"
+            )
+    return config
+
+
+def _save_timing_cache(config: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
