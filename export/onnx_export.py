@@ -1,0 +1,195 @@
+"""Trace one stage wrapper to ONNX with torch's dynamo exporter, and write it atomically with its manifest.
+
+Dynamic dims are declared as `torch.export.Dim`s in 128 px units, with the multiples the pipeline really
+produces (Stage C latent 3h, Stage B latent 32h): the exporter specializes on the shape relations it can
+see, so a graph traced with unrelated dims could keep branches (Stage B's skip-connection resize) that the
+pipeline never takes, or drop ones it does. torch.export refuses, rather than silently specializes, when the
+model's code contradicts the declared dims, so a successful export is dynamic in exactly these dims.
+
+The graph's IO names and dim names are the spec's (`TensorSpec.dynamic_axes`): the exporter's symbols
+("3*h", "s39") are renamed so every consumer (ONNX Runtime backend, TensorRT profiles) reads the same names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cascade_trt.artifacts import manifest_path, write_json
+from cascade_trt.errors import ArtifactMismatchError, ConfigError
+from cascade_trt.stages import StageSpec, check_size
+
+from .inputs import example_inputs
+from .manifest import build_manifest
+from .patches import exact_timestep_embedding
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 256  # per model call, guidance included
+MAX_UNITS = 64  # 128 px units per side: 8192 px
+# Protobuf caps a single ONNX file at 2 GiB; weights beyond this go to one `<model>.onnx.data` file beside
+# the model. The margin leaves room for the graph itself and for constants the optimizer folds.
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def dynamic_shapes(spec: StageSpec) -> dict[str, dict[int, Any]]:
+    """`torch.export` dynamic shapes for every input of a stage, keyed by input name."""
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=MAX_BATCH)
+    units = {"h": Dim("h", min=1, max=MAX_UNITS), "w": Dim("w", min=1, max=MAX_UNITS)}
+
+    def dim(token: str) -> Any:
+        if token == "B":
+            return batch
+        k = int(token[:-1] or 1)
+        return units[token[-1]] if k == 1 else k * units[token[-1]]
+
+    return {
+        t.name: {axis: dim(token) for axis, token in enumerate(t.shape) if isinstance(token, str)}
+        for t in spec.inputs
+    }
+
+
+def export_stage(
+    module: nn.Module,
+    spec: StageSpec,
+    out_path: str | Path,
+    *,
+    dtype: torch.dtype,
+    example_size: tuple[int, int] = (256, 384),
+    example_batch: int = 2,
+    opset: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export a stage wrapper (`cascade_trt.modules`) to `out_path`, with its manifest written last.
+
+    `module` should already be in `dtype` (load it that way); otherwise it is cast in place, one tensor at a
+    time, so the model is never held twice. `example_size` (height, width in px, multiples of 128) and
+    `example_batch` are what the exporter traces at: keep them non-square and un-"nice" so no accidental
+    relation (h == w, batch == 1) is baked in. `metadata` is merged into the manifest (precision, source...).
+    """
+    out_path = Path(out_path)
+    check_size(*example_size)
+    if example_batch < 2:
+        raise ConfigError(f"example_batch={example_batch}: trace at batch >= 2, or batch 1 gets specialized")
+    module = module.to(dtype).eval()
+    inputs = example_inputs(
+        module, spec, batch=example_batch, height=example_size[0], width=example_size[1], dtype=dtype
+    )
+    device = next(module.parameters()).device
+    inputs = {name: value.to(device) for name, value in inputs.items()}
+    start = time.monotonic()
+    program = _trace(module, spec, inputs, opset)
+    name_io(program.model, spec)
+    traced = {"batch": example_batch, "height": example_size[0], "width": example_size[1]}
+    with staged_artifact(out_path) as staging:
+        staged = staging / out_path.name
+        program.save(staged, external_data=_weight_bytes(module) > EXTERNAL_DATA_BYTES)
+        actual_opset = program.model.opset_imports.get("", None)
+        del program  # the IR holds references to the weights; drop them before hashing gigabytes
+        manifest = build_manifest(
+            spec, staged, module=module, dtype=dtype, opset=actual_opset, traced_at=traced, extra=metadata
+        )
+        manifest["export_seconds"] = round(time.monotonic() - start, 1)
+        write_json(manifest_path(staged), manifest)
+    return out_path
+
+
+def _trace(module: nn.Module, spec: StageSpec, inputs: dict[str, torch.Tensor], opset: int | None):
+    with torch.no_grad(), exact_timestep_embedding(module):
+        return torch.onnx.export(
+            module,
+            tuple(inputs.values()),
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes(spec),
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
+            opset_version=opset,
+            verbose=False,
+        )
+
+
+def _weight_bytes(module: nn.Module) -> int:
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def name_io(model: Any, spec: StageSpec) -> None:
+    """Give the graph's inputs and outputs the spec's names, fixed sizes and dim names, in spec order.
+
+    The exporter's symbols for the same dims ("3*h") are renamed everywhere in the graph, so intermediate
+    shapes keep matching the IO. A fixed size that disagrees with the spec means the spec and the model drifted
+    apart: that is an error, not something to paper over.
+    """
+    import onnx_ir as ir
+
+    renames: dict[str, str] = {}
+    for values, tensors in ((model.graph.inputs, spec.inputs), (model.graph.outputs, spec.outputs)):
+        names = [v.name for v in values]
+        if names != [t.name for t in tensors]:
+            raise ArtifactMismatchError(f"{spec.name}: graph IO {names} != spec {[t.name for t in tensors]}")
+        for value, tensor in zip(values, tensors, strict=True):
+            old = list(value.shape) if value.shape is not None else [None] * len(tensor.shape)
+            if len(old) != len(tensor.shape):
+                raise ArtifactMismatchError(
+                    f"{spec.name}.{tensor.name}: rank {len(old)} != spec {tensor.shape}"
+                )
+            dims: list[int | str] = []
+            for axis, (was, token) in enumerate(zip(old, tensor.shape, strict=True)):
+                if isinstance(token, int):
+                    if isinstance(was, int) and was != token:
+                        raise ArtifactMismatchError(
+                            f"{spec.name}.{tensor.name} axis {axis}: model gives {was}, spec says {token}"
+                        )
+                    dims.append(token)
+                else:
+                    dims.append(tensor.dynamic_axes[axis])
+                    if was is not None and not isinstance(was, int):
+                        renames[str(was)] = tensor.dynamic_axes[axis]
+            value.shape = ir.Shape(dims)
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for value in node.outputs:
+            if value.shape is not None and any(str(d) in renames for d in value.shape):
+                value.shape = ir.Shape(
+                    [renames.get(str(d), d) if not isinstance(d, int) else d for d in value.shape]
+                )
+
+
+@contextlib.contextmanager
+def staged_artifact(out_path: Path) -> Iterator[Path]:
+    """A temporary directory beside `out_path`; on success its model, data and manifest replace the old ones.
+
+    Until promotion nothing under the final names changes, so an export that fails or is killed leaves any
+    previous complete artifact as it was and never a partial one under the final names. Promotion removes the
+    old manifest first and writes the new one last: at every instant, a model with a manifest is complete.
+    """
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        _promote(staging, out_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _promote(staging: Path, out_path: Path) -> None:
+    manifest = manifest_path(out_path)
+    data = out_path.with_name(out_path.name + ".data")
+    manifest.unlink(missing_ok=True)
+    if (staging / data.name).exists():
+        os.replace(staging / data.name, data)
+    else:
+        data.unlink(missing_ok=True)  # a stale data file from an older, larger export
+    os.replace(staging / out_path.name, out_path)
+    os.replace(staging / manifest.name, manifest)

@@ -1,0 +1,140 @@
+"""Tiny checkpoints load with diffusers'/transformers' own loaders and with ours; random builds keep their dtype."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cascade_trt.checkpoints import load_components, random_components, resolve_pipeline_dir
+from cascade_trt.configs import TINY, CascadeConfig
+from cascade_trt.errors import CheckpointError
+
+ALL_STAGES = ("text_encoder", "image_encoder", "stage_c", "stage_b", "stage_a")
+
+
+def test_components_load_by_subfolder_with_the_libraries_own_loaders(tiny_prior: Path, tiny_decoder: Path):
+    from diffusers import StableCascadeUNet
+    from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+
+    prior = StableCascadeUNet.from_pretrained(tiny_prior, subfolder="prior")
+    decoder = StableCascadeUNet.from_pretrained(tiny_decoder, subfolder="decoder")
+    vqgan = PaellaVQModel.from_pretrained(tiny_decoder, subfolder="vqgan")
+    text = CLIPTextModelWithProjection.from_pretrained(tiny_prior, subfolder="text_encoder")
+    image = CLIPVisionModelWithProjection.from_pretrained(tiny_prior, subfolder="image_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_prior, subfolder="tokenizer")
+
+    assert tuple(prior.config.block_out_channels) == TINY.stage_c.block_out_channels
+    assert prior.config.clip_image_in_channels == TINY.stage_c.clip_image_in_channels
+    assert tuple(decoder.config.up_blocks_repeat_mappers) == TINY.stage_b.up_blocks_repeat_mappers
+    assert decoder.config.effnet_in_channels == TINY.stage_b.effnet_in_channels
+    assert vqgan.config.embed_dim == TINY.stage_a.embed_dim
+    assert text.config.hidden_size == TINY.text_encoder.hidden_size
+    assert image.config.projection_dim == TINY.image_encoder.projection_dim
+    ids = tokenizer("a photo of a cat", padding="max_length", max_length=77).input_ids
+    assert len(ids) == 77 and ids[0] == TINY.text_encoder.bos_token_id
+    # Both pipelines ship the same text encoder, as the hub checkpoints do.
+    assert (tiny_decoder / "text_encoder" / "config.json").is_file()
+
+
+def test_prior_pipeline_loads_with_diffusers(tiny_prior: Path):
+    from diffusers import StableCascadePriorPipeline
+
+    pipe = StableCascadePriorPipeline.from_pretrained(tiny_prior)
+    assert pipe.image_encoder is not None and pipe.prior.config.in_channels == 16
+
+
+def test_load_components_matches_the_library_loaders(tiny_prior: Path, tiny_decoder: Path):
+    from diffusers import StableCascadeUNet
+
+    parts = load_components(tiny_prior, tiny_decoder, stages=ALL_STAGES)
+    assert all(getattr(parts, s) is not None for s in ALL_STAGES)
+    assert parts.tokenizer is not None and parts.feature_extractor is not None
+    reference = StableCascadeUNet.from_pretrained(tiny_decoder, subfolder="decoder").state_dict()
+    loaded = parts.stage_b.state_dict()
+    assert loaded.keys() == reference.keys()
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+    assert not any(p.requires_grad for p in parts.stage_c.parameters())
+    assert dataclasses.replace(parts.config, name=TINY.name) == TINY
+
+
+def test_load_components_loads_in_the_requested_dtype(tiny_prior: Path, tiny_decoder: Path):
+    dtypes = {"stage_c": torch.bfloat16, "stage_b": torch.float16, "text_encoder": torch.float16}
+    parts = load_components(tiny_prior, tiny_decoder, stages=tuple(dtypes), dtypes=dtypes)
+    for stage, dtype in dtypes.items():
+        assert {p.dtype for p in getattr(parts, stage).parameters()} == {dtype}, stage
+    assert parts.stage_a is None and parts.image_encoder is None  # only what was asked for
+
+
+def test_config_from_pretrained_is_the_tiny_preset(tiny_prior: Path, tiny_decoder: Path):
+    config = CascadeConfig.from_pretrained(tiny_prior, tiny_decoder)
+    assert config.name != TINY.name  # named after the directories
+    assert dataclasses.replace(config, name=TINY.name) == TINY
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_random_components_are_built_in_the_requested_dtype(dtype: torch.dtype):
+    default = torch.get_default_dtype()
+    parts = random_components(TINY, stages=ALL_STAGES, dtypes=dict.fromkeys(ALL_STAGES, dtype))
+    assert torch.get_default_dtype() == default  # the build's default-dtype switch does not leak
+    for stage in ALL_STAGES:
+        module = getattr(parts, stage)
+        floats = [t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()]
+        assert floats and {t.dtype for t in floats} == {dtype}, stage
+    # randomize_ replaced diffusers' zero-initialised output layers: the UNet does not predict zeros.
+    assert all(p.abs().sum() > 0 for p in parts.stage_c.parameters())
+
+
+def test_random_components_use_seed():
+    a = random_components(TINY, stages=("stage_a",), seed=1).stage_a.state_dict()
+    b = random_components(TINY, stages=("stage_a",), seed=1).stage_a.state_dict()
+    c = random_components(TINY, stages=("stage_a",), seed=2).stage_a.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_missing_directory_names_the_fix(tmp_path: Path):
+    with pytest.raises(
+        CheckpointError, match="does not exist: pass a diffusers-format StableCascadeDecoderPipeline"
+    ):
+        resolve_pipeline_dir(tmp_path / "missing", "decoder")
+
+
+def test_a_file_is_not_a_pipeline_directory(tmp_path: Path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is a file, not a pipeline directory"):
+        resolve_pipeline_dir(path, "prior")
+
+
+def test_swapped_pipelines_are_named(tiny_prior: Path, tiny_decoder: Path):
+    with pytest.raises(CheckpointError, match="StableCascadeDecoderPipeline.*swap --prior and --decoder"):
+        resolve_pipeline_dir(tiny_decoder, "prior")
+    with pytest.raises(CheckpointError, match="swap --prior and --decoder"):
+        load_components(tiny_decoder, tiny_prior, stages=("stage_c",))
+
+
+def test_wrong_unet_class_and_missing_components(tiny_decoder: Path, tmp_path: Path):
+    broken = tmp_path / "decoder"
+    shutil.copytree(tiny_decoder, broken)
+    shutil.rmtree(broken / "vqgan")
+    with pytest.raises(CheckpointError, match="lacks vqgan: not a complete Stable Cascade decoder"):
+        resolve_pipeline_dir(broken, "decoder")
+    config = json.loads((broken / "decoder" / "config.json").read_text())
+    (broken / "decoder" / "config.json").write_text(
+        json.dumps({**config, "_class_name": "UNet2DConditionModel"})
+    )
+    with pytest.raises(CheckpointError, match="'UNet2DConditionModel', not a StableCascadeUNet"):
+        resolve_pipeline_dir(broken, "decoder")
+
+
+def test_lite_subfolder_that_is_absent_is_named(tiny_prior: Path):
+    with pytest.raises(
+        CheckpointError, match="prior_lite/config.json not found: .* is not a Stable Cascade prior directory"
+    ):
+        resolve_pipeline_dir(tiny_prior, "prior", subfolder="prior_lite")

@@ -1,0 +1,262 @@
+"""ONNX export of every stage on the tiny checkpoints, verified in ONNX Runtime (CPU, fp32).
+
+Each stage is exported once per module (about a minute on 2 cores); every test below reads those files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from cascade_trt.export import export_pipeline, export_stage
+from cascade_trt.export.manifest import REQUIRED_FIELDS
+from cascade_trt.export.verify import (
+    CHECK_SHAPES,
+    check_model,
+    graph_io,
+    open_session,
+    relative_error,
+    run_session,
+    verify_export,
+)
+
+from cascade_trt.artifacts import manifest_path, read_manifest, sha256_file
+from cascade_trt.checkpoints import load_components, read_component_config, weights_hash
+from cascade_trt.configs import TINY
+from cascade_trt.errors import CheckpointError, ConfigError, PrecisionError, ShapeError
+from cascade_trt.modules import stage_module
+from cascade_trt.stages import STAGE_NAMES, stage_specs
+
+TOLERANCE = 1e-4
+COMPONENT_DIRS = {
+    "text_encoder": ("prior", "text_encoder"),
+    "image_encoder": ("prior", "image_encoder"),
+    "stage_c": ("prior", "prior"),
+    "stage_b": ("decoder", "decoder"),
+    "stage_a": ("decoder", "vqgan"),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(
+    tiny_prior: Path, tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("onnx")
+    return export_pipeline(tiny_prior, tiny_decoder, out, precision="fp32", progress=False)
+
+
+@pytest.fixture(scope="module")
+def components(tiny_prior: Path, tiny_decoder: Path):
+    return load_components(tiny_prior, tiny_decoder, stages=STAGE_NAMES)
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return stage_specs(TINY)
+
+
+def test_every_stage_is_exported_with_a_manifest(exported):
+    assert sorted(exported) == sorted(STAGE_NAMES)  # the tiny prior ships an image encoder
+    for stage, path in exported.items():
+        assert path.name == f"{stage}.onnx" and path.is_file()
+        assert read_manifest(path) is not None
+    leftovers = [p.name for p in next(iter(exported.values())).parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_graph_passes_checker_with_spec_io(exported, specs, stage):
+    path, spec = exported[stage], specs[stage]
+    check_model(path)
+    io = graph_io(path)
+    for records, tensors in ((io["inputs"], spec.inputs), (io["outputs"], spec.outputs)):
+        assert [r["name"] for r in records] == [t.name for t in tensors]
+        for record, tensor in zip(records, tensors, strict=True):
+            expected = [tensor.dynamic_axes.get(i, token) for i, token in enumerate(tensor.shape)]
+            assert record["dims"] == expected, tensor.name
+            assert record["dtype"] == ("int64" if tensor.dtype == "int64" else "float32")
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_onnxruntime_matches_torch_at_untraced_shapes(exported, components, specs, stage):
+    traced = read_manifest(exported[stage])["traced_at"]
+    assert (traced["batch"], traced["height"], traced["width"]) not in CHECK_SHAPES
+    spec = specs[stage]
+    results = verify_export(exported[stage], stage_module(components, stage), spec, tolerance=TOLERANCE)
+    assert len(results) == len(CHECK_SHAPES) >= 2
+    for parity in results:
+        assert max(parity.errors.values()) <= TOLERANCE
+        want = spec.shapes(parity.batch, parity.height, parity.width)
+        assert parity.shapes == {t.name: want[t.name] for t in spec.outputs}
+
+
+def test_text_encoder_matches_what_diffusers_feeds_the_prior(exported, tiny_prior):
+    from diffusers import StableCascadePriorPipeline
+
+    pipe = StableCascadePriorPipeline.from_pretrained(tiny_prior)
+    prompts = ["a photo of a cat sitting on a red chair", "an astronaut"]
+    negatives = ["", "blurry, low quality"]
+    with torch.no_grad():
+        embeds, pooled, neg_embeds, neg_pooled = pipe.encode_prompt(
+            device="cpu",
+            batch_size=2,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=True,
+            prompt=prompts,
+            negative_prompt=negatives,
+        )
+    session = open_session(exported["text_encoder"])
+    for texts, want_seq, want_pooled in ((prompts, embeds, pooled), (negatives, neg_embeds, neg_pooled)):
+        tokens = pipe.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        assert tokens.attention_mask.sum(1).unique().numel() == 2  # different lengths: the mask matters
+        out = run_session(session, {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask})
+        assert out["clip_text"].shape == tuple(want_seq.shape)
+        assert relative_error(out["clip_text"], want_seq) <= TOLERANCE
+        assert relative_error(out["clip_text_pooled"], want_pooled) <= TOLERANCE
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_manifest_documents_the_model(exported, components, specs, tiny_prior, tiny_decoder, stage):
+    path, spec = exported[stage], specs[stage]
+    manifest = json.loads(manifest_path(path).read_text())
+    assert set(REQUIRED_FIELDS) <= set(manifest)
+    assert manifest["stage"] == stage and manifest["precision"] == "fp32"
+    assert [t["name"] for t in manifest["inputs"]] == list(spec.input_names)
+    assert [t["name"] for t in manifest["outputs"]] == list(spec.output_names)
+    assert [t["shape"] for t in manifest["inputs"]] == [list(t.shape) for t in spec.inputs]
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    assert manifest["opset"] == next(o.version for o in model.opset_import if o.domain == "")
+    assert manifest["files"]["onnx"]["sha256"] == sha256_file(path)
+    assert {"torch", "onnx", "onnxscript", "onnxruntime", "diffusers", "transformers"} <= set(
+        manifest["tools"]
+    )
+    kind, subfolder = COMPONENT_DIRS[stage]
+    root = tiny_prior if kind == "prior" else tiny_decoder
+    assert manifest["source"]["config"] == read_component_config(root, subfolder, kind)
+    assert manifest["weights_hash"] == weights_hash(getattr(components, stage))
+
+
+def test_interrupted_export_leaves_nothing_that_looks_complete(components, specs, tmp_path, monkeypatch):
+    import cascade_trt.export.onnx_export as onnx_export
+
+    staged_files = []
+
+    def interrupt(spec, onnx_file, **kwargs):
+        staged_files.append(onnx_file)
+        assert onnx_file.is_file()  # the model was fully written, in staging, when the interrupt hits
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "build_manifest", interrupt)
+    target = tmp_path / "stage_a.onnx"
+    with pytest.raises(KeyboardInterrupt):
+        export_stage(stage_module(components, "stage_a"), specs["stage_a"], target, dtype=torch.float32)
+    assert staged_files and staged_files[0].parent != tmp_path
+    assert list(tmp_path.iterdir()) == []  # no model, no manifest, no staging directory
+
+
+def test_failed_reexport_keeps_the_previous_complete_model(
+    exported, components, specs, tmp_path, monkeypatch
+):
+    import shutil
+
+    import cascade_trt.export.onnx_export as onnx_export
+
+    target = tmp_path / "stage_a.onnx"
+    shutil.copy(exported["stage_a"], target)
+    shutil.copy(manifest_path(exported["stage_a"]), manifest_path(target))
+    before = sha256_file(target)
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(onnx_export, "build_manifest", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        export_stage(stage_module(components, "stage_a"), specs["stage_a"], target, dtype=torch.float32)
+    assert sha256_file(target) == before == read_manifest(target)["files"]["onnx"]["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage_a.json", "stage_a.onnx"]
+
+
+def test_fp16_exports_but_onnxruntime_cpu_refuses_it(tiny_decoder, specs, tmp_path):
+    half = load_components(None, tiny_decoder, stages=("stage_a",), dtypes={"stage_a": torch.float16})
+    assert {p.dtype for p in half.stage_a.parameters()} == {torch.float16}
+    path = export_stage(
+        stage_module(half, "stage_a"), specs["stage_a"], tmp_path / "stage_a.onnx", dtype=torch.float16
+    )
+    assert read_manifest(path)["precision"] == "fp16"
+    assert graph_io(path)["inputs"][0]["dtype"] == "float16"
+    with pytest.raises(PrecisionError, match="float16.*--precision fp32"):
+        open_session(path)
+
+
+def test_size_must_be_a_multiple_of_128(components, specs, tmp_path):
+    with pytest.raises(ShapeError, match="height=200 is not a positive multiple of 128.*Use 128 or 256"):
+        export_stage(
+            stage_module(components, "stage_a"), specs["stage_a"], tmp_path / "a.onnx", dtype=torch.float32,
+            example_size=(200, 384),
+        )  # fmt: skip
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def test_unknown_stage(tiny_prior, tiny_decoder, tmp_path):
+    with pytest.raises(ConfigError, match="unknown stage.*stage_d.*choose from.*stage_c"):
+        export_pipeline(tiny_prior, tiny_decoder, tmp_path, stages=["stage_d"], progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_directory(tiny_decoder, tmp_path):
+    with pytest.raises(
+        CheckpointError, match="does not exist: pass a diffusers-format StableCascadePriorPipeline"
+    ):
+        export_pipeline(tmp_path / "nowhere", tiny_decoder, tmp_path / "out", progress=False)
+
+
+def test_not_a_stable_cascade_directory(tiny_decoder, tmp_path):
+    fake = tmp_path / "sd"
+    (fake / "unet").mkdir(parents=True)
+    (fake / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(
+        CheckpointError, match="holds a StableDiffusionPipeline, not a StableCascadePriorPipeline"
+    ):
+        export_pipeline(fake, tiny_decoder, tmp_path / "out", progress=False)
+    (fake / "model_index.json").unlink()
+    with pytest.raises(CheckpointError, match="not a Stable Cascade prior directory"):
+        export_pipeline(fake, tiny_decoder, tmp_path / "out", progress=False)
+
+
+def test_prior_and_decoder_swapped(tiny_prior, tiny_decoder, tmp_path):
+    with pytest.raises(CheckpointError, match="swap --prior and --decoder"):
+        export_pipeline(tiny_decoder, tiny_prior, tmp_path / "out", progress=False)
+
+
+def test_cli_exports_one_stage_and_reports_errors(tiny_prior, tiny_decoder, tmp_path, capsys):
+    from cascade_trt.cli import main
+
+    out = tmp_path / "onnx"
+    args = ["export", "--prior", str(tiny_prior), "--decoder", str(tiny_decoder), "--out", str(out)]
+    assert main([*args, "--stages", "stage_a", "--precision", "fp32", "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["stage_a.json", "stage_a.onnx"]
+    check_model(out / "stage_a.onnx")
+    assert main([*args, "--stages", "stage_z"]) == 2
+    assert "unknown stage(s) stage_z" in capsys.readouterr().err
+
+
+def test_exact_timestep_embedding_changes_nothing_in_eager(components):
+    from cascade_trt.export.patches import exact_timestep_embedding
+
+    unet = components.stage_c
+    r = torch.rand(5)
+    before = unet.get_timestep_ratio_embedding(r)
+    with exact_timestep_embedding(unet):
+        patched = unet.get_timestep_ratio_embedding(r)
+    assert torch.equal(patched, before)
+    assert torch.equal(unet.get_timestep_ratio_embedding(r), before)  # restored on exit
