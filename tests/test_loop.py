@@ -1,0 +1,136 @@
+"""The shared denoising loop: its device-indexed step equals a plain per-step loop, with no host sync inside."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDPMWuerstchenScheduler
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from cascade_trt.backends.torch_backend import TorchRunner
+from cascade_trt.checkpoints import random_components
+from cascade_trt.configs import TINY
+from cascade_trt.cuda_graphs import GraphCache
+from cascade_trt.loop import Denoiser, StageRun
+from cascade_trt.modules import stage_module
+from cascade_trt.stages import stage_specs
+
+HEIGHT, WIDTH = 128, 256
+
+
+@pytest.fixture(scope="module")
+def runners() -> dict[str, TorchRunner]:
+    parts = random_components(TINY, stages=("stage_c", "stage_b"), seed=3)
+    specs = stage_specs(TINY)
+    return {
+        s: TorchRunner(specs[s], stage_module(parts, s), dtype=torch.float32, device="cpu")
+        for s in ("stage_c", "stage_b")
+    }
+
+
+def _conditioning(stage: str, model_batch: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(11)
+    shapes = stage_specs(TINY)[stage].shapes(model_batch, HEIGHT, WIDTH)
+    names = {
+        "stage_c": ("clip_text_pooled", "clip_text", "clip_img"),
+        "stage_b": ("clip_text_pooled", "effnet"),
+    }
+    return {n: torch.randn(shapes[n], generator=gen) for n in names[stage]}
+
+
+def _plain_loop(runner, batch, conditioning, steps, guidance, seed):
+    """diffusers' loop, written out: noise drawn inside each scheduler step, model called with cat'd halves."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = runner.spec.shapes(batch, HEIGHT, WIDTH)["sample"]
+    latents = torch.randn(shape, generator=gen)
+    scheduler = DDPMWuerstchenScheduler()
+    scheduler.set_timesteps(steps)
+    guided = guidance > 1
+    for t in scheduler.timesteps[:-1]:
+        ratio = t.expand(batch)
+        inputs = {"sample": torch.cat([latents] * 2) if guided else latents}
+        inputs["timestep_ratio"] = torch.cat([ratio] * 2) if guided else ratio
+        with torch.no_grad():
+            pred = runner.module(**inputs, **conditioning)
+        if guided:
+            cond, uncond = pred.chunk(2)
+            pred = torch.lerp(uncond, cond, guidance)
+        latents = scheduler.step(pred, ratio, latents, generator=gen).prev_sample
+    return latents
+
+
+@pytest.mark.parametrize(
+    ("stage", "guidance", "steps"), [("stage_c", 4.0, 5), ("stage_b", 0.0, 4), ("stage_b", 2.5, 3)]
+)
+def test_device_indexed_loop_equals_plain_loop(runners, stage, guidance, steps):
+    batch = 2
+    guided = guidance > 1
+    conditioning = _conditioning(stage, 2 * batch if guided else batch)
+    denoiser = Denoiser(GraphCache("cpu"))
+    run = StageRun(batch, HEIGHT, WIDTH, steps, guidance, conditioning, torch.Generator().manual_seed(5))
+    ours = denoiser(runners[stage], run)
+    reference = _plain_loop(runners[stage], batch, conditioning, steps, guidance, seed=5)
+    assert ours.shape == reference.shape
+    assert torch.equal(ours, reference), f"max diff {(ours - reference).abs().max().item()}"
+
+
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_step_never_reads_a_value_back_to_the_host(runners):
+    """`.item()`, `bool(tensor)`, `nonzero` all sync with the device; a step must contain none of them."""
+    denoiser = Denoiser(GraphCache("cpu"))
+    run = StageRun(1, HEIGHT, WIDTH, 3, 4.0, _conditioning("stage_c", 2), torch.Generator().manual_seed(0))
+    denoiser(runners["stage_c"], run)
+    (loop,) = denoiser._loops.values()
+    loop.index.zero_()
+    with _OpRecorder() as recorder, torch.no_grad():
+        loop.step()
+    syncing = {"aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.equal", "aten.is_nonzero"}
+    assert recorder.ops, "the recorder saw no ops"
+    assert not syncing & set(recorder.ops)
+    assert int(loop.index) == 1  # the step advanced its own device-side index
+
+
+def test_loops_are_kept_per_shape_and_reused(runners):
+    denoiser = Denoiser(GraphCache("cpu"))
+    runner = runners["stage_b"]
+    cond = _conditioning("stage_b", 1)
+
+    def run(steps: int, seed: int) -> torch.Tensor:
+        return denoiser(
+            runner, StageRun(1, HEIGHT, WIDTH, steps, 0.0, cond, torch.Generator().manual_seed(seed))
+        )
+
+    first = run(4, 0)
+    (loop,) = denoiser._loops.values()
+    address = loop.bindings.inputs["sample"].data_ptr()
+    run(2, 1)  # fewer steps: same buffers, no reallocation
+    assert loop.capacity == 4 and loop.bindings.inputs["sample"].data_ptr() == address
+    again = run(4, 0)
+    assert torch.equal(first, again)  # nothing of the earlier run leaks into a later one
+    run(6, 0)
+    assert loop.capacity == 6 and len(denoiser._loops) == 1
+    run_guided = StageRun(
+        1, HEIGHT, WIDTH, 2, 3.0, _conditioning("stage_b", 2), torch.Generator().manual_seed(0)
+    )
+    denoiser(runner, run_guided)
+    assert len(denoiser._loops) == 2  # guidance doubles the model batch: its own loop
+
+
+def test_cpu_runs_uncaptured_and_conditioning_names_are_checked(runners):
+    graphs = GraphCache("cpu", enabled=True)
+    assert not graphs.enabled
+    denoiser = Denoiser(graphs)
+    denoiser(runners["stage_b"], StageRun(1, HEIGHT, WIDTH, 2, 0.0, _conditioning("stage_b", 1)))
+    assert len(graphs) == 0
+    bad = StageRun(1, HEIGHT, WIDTH, 2, 0.0, {"clip_text_pooled": torch.zeros(1, 1, 32)})
+    with pytest.raises(ValueError, match="effnet"):
+        denoiser(runners["stage_b"], bad)
