@@ -94,6 +94,7 @@ class DiffusersDriver:
         for pipe in (self.prior, self.decoder):
             pipe.set_progress_bar_config(disable=True)
         self.vqgan = parts.stage_a
+        self.config = config
 
     @torch.no_grad()
     def encode(self, work: Workload) -> tuple[torch.Tensor, ...]:
@@ -197,6 +198,11 @@ def unavailable_reason(backend: str, device: torch.device, *, explicit: bool = T
         return "onnxruntime is not installed (pip install 'cascade-trt[onnxruntime]')"
     if backend == "onnxruntime" and importlib.util.find_spec("cascade_trt.export") is None:
         return "cascade_trt.export (the ONNX exporter) is not in this build"
+    if backend == "onnxruntime" and device.type == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "this onnxruntime has no CUDA execution provider (install onnxruntime-gpu to run it on the GPU)"
     if backend == "tensorrt":
         if device.type != "cuda":
             return "TensorRT needs a CUDA GPU; this run is on the CPU"

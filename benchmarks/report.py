@@ -110,6 +110,9 @@ def markdown(doc: dict[str, Any], chart: str | None = None) -> str:
         if any("speedup_vs_baseline" in r for r in records):
             lines += [f"Speed-up over {doc['baseline']} (its median / this median, same run):", ""]
             lines += _ratio_table(records, "speedup_vs_baseline", "×")
+        if any("loop_overhead" in r for r in records):
+            lines += ["", "Loop overhead per step (1 − bare model forward / loop step, medians in ms):", ""]
+            lines += _overhead_table(records)
         if any("floor_fraction" in r for r in records):
             lines += ["", "Fraction of the compute floor (floor time at the measured peak / median):", ""]
             lines += _ratio_table(records, "floor_fraction", "")
@@ -150,6 +153,25 @@ def _ratio_table(records: list[dict[str, Any]], key: str, suffix: str) -> list[s
     for r in records:
         if key in r:
             rows.append(_row([f"`{r['backend']}`", *(f"{r[key][m]:.2f}{suffix}" for m in metrics)]))
+    return rows
+
+
+def _overhead_table(records: list[dict[str, Any]]) -> list[str]:
+    cols = ["backend"]
+    for stage in ("C", "B"):
+        cols += [f"{stage} step", f"{stage} forward", f"{stage} overhead"]
+    rows = [_row(cols), _row(["---"] * len(cols))]
+    for r in records:
+        if "loop_overhead" not in r:
+            continue
+        cells = [f"`{r['backend']}`"]
+        for stage in ("stage_c", "stage_b"):
+            cells += [
+                fmt_ms(r["timings_s"][f"{stage}_step"]["median"]),
+                fmt_ms(r["forward_s"][stage]["median"]),
+                f"{r['loop_overhead'][stage] * 100:.1f}%",
+            ]
+        rows.append(_row(cells))
     return rows
 
 

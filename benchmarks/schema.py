@@ -144,6 +144,28 @@ def _record(r: dict[str, Any], where: str) -> list[str]:
             if not _close(a / r[steps], b):
                 out.append(f"{where}: {step} sample {b} is not {loop} / {steps} = {a / r[steps]}")
                 break
+    if "forward_s" in r or "loop_overhead" in r:
+        out += _forwards(r, where)
+    return out
+
+
+def _forwards(r: dict[str, Any], where: str) -> list[str]:
+    """Bare-forward statistics match their samples; overhead = 1 - forward median / step median."""
+    out = []
+    samples, stats, overhead = r.get("forward_samples_s"), r.get("forward_s"), r.get("loop_overhead")
+    if not (isinstance(samples, dict) and isinstance(stats, dict) and isinstance(overhead, dict)):
+        return [f"{where}: forward_s, forward_samples_s and loop_overhead go together"]
+    for stage, values in samples.items():
+        if not values or not all(_is_number(v) and v > 0 for v in values):
+            out.append(f"{where}.forward_samples_s.{stage}: positive finite numbers expected")
+            continue
+        expected = summarize(values).to_json()
+        if any(not _close(stats.get(stage, {}).get(k), expected[k]) for k in STATS):
+            out.append(f"{where}.forward_s.{stage} does not summarise its samples")
+            continue
+        want = 1.0 - expected["median"] / r["timings_s"][f"{stage}_step"]["median"]
+        if not _close(overhead.get(stage), want):
+            out.append(f"{where}.loop_overhead.{stage} = {overhead.get(stage)}, 1 - forward / step = {want}")
     return out
 
 

@@ -18,6 +18,7 @@ import torch
 from cascade_trt.benchmarks import costs, environment
 from cascade_trt.benchmarks.builders import build_drivers
 from cascade_trt.benchmarks.drivers import BACKENDS, BASELINE, Driver, Workload, unavailable_reason
+from cascade_trt.benchmarks.forward import bare_forwards
 from cascade_trt.benchmarks.memory import PeakMemory
 from cascade_trt.benchmarks.timing import Clock, make_clock, summarize
 
@@ -56,7 +57,7 @@ class SuiteConfig:
     warmup: int = 1
     repeats: int = 5
     device: str = "cpu"
-    precision: str = "auto"
+    precision: str | dict[str, str] = "auto"  # as PrecisionPolicy.resolve takes it
     prior: str | None = (
         None  # real checkpoints (diffusers-format directories or hub ids); None: random weights
     )
@@ -110,12 +111,12 @@ def run_suite(
         for batch in cfg.batches:
             work = _workload(cfg, height, width, batch)
             progress(f"measuring {height}x{width} batch {batch}: {', '.join(built.drivers)}")
-            samples, peaks, failed = measure(built.drivers, work, clock, memory, cfg.warmup, cfg.repeats)
-            skipped += failed
+            result = measure(built.drivers, work, clock, memory, cfg.warmup, cfg.repeats)
+            skipped += result.failed
             shape_records = [
-                _record(name, work, samples[name], peaks[name], memory.kind, built.precision[name])
+                _record(name, work, result, memory.kind, built.precision[name])
                 for name in built.drivers
-                if name in samples
+                if name in result.samples
             ]
             add_ratios(shape_records)
             add_floor(shape_records, cfg.preset if cfg.prior is None else None, peak_tflops)
@@ -166,11 +167,21 @@ def run_once(driver: Driver, work: Workload, clock: Clock) -> tuple[dict[str, fl
     return spans, images
 
 
+@dataclass
+class ShapeResult:
+    """Raw measurements of every backend at one shape."""
+
+    samples: dict[str, dict[str, list[float]]]  # backend -> metric -> seconds per call
+    peaks: dict[str, int]  # backend -> peak bytes over its timed calls
+    forwards: dict[str, dict[str, list[float]]]  # backend -> denoiser -> seconds per bare forward
+    failed: list[dict[str, Any]]
+
+
 def measure(
     drivers: dict[str, Driver], work: Workload, clock: Clock, memory: PeakMemory, warmup: int, repeats: int
-) -> tuple[dict[str, dict[str, list[float]]], dict[str, int], list[dict]]:
+) -> ShapeResult:
     """Warm up every driver, then interleave the repeats. A driver that raises is dropped for this shape."""
-    failed: list[dict] = []
+    failed: list[dict[str, Any]] = []
     live = dict(drivers)
 
     def attempt(name: str) -> dict[str, float] | None:
@@ -191,9 +202,7 @@ def measure(
     samples: dict[str, dict[str, list[float]]] = {n: {m: [] for m in METRICS} for n in live}
     peaks = dict.fromkeys(live, 0)
     for r in range(repeats):
-        order = list(live)
-        k = r % len(order) if order else 0
-        for name in order[k:] + order[:k]:
+        for name in rotated(list(live), r):
             memory.reset()
             spans = attempt(name)
             if spans is None:
@@ -202,7 +211,37 @@ def measure(
             peaks[name] = max(peaks[name], memory.read())
             for metric, value in spans.items():
                 samples[name][metric].append(value)
-    return samples, peaks, failed
+    return ShapeResult(samples, peaks, time_forwards(live, work, clock, repeats), failed)
+
+
+def rotated(names: list[str], r: int) -> list[str]:
+    k = r % len(names) if names else 0
+    return names[k:] + names[:k]
+
+
+def time_forwards(
+    drivers: dict[str, Driver], work: Workload, clock: Clock, repeats: int
+) -> dict[str, dict[str, list[float]]]:
+    """Bare forwards of each denoiser (see `forward`), warmed up once, interleaved like the calls."""
+    calls = {}
+    for name, driver in drivers.items():
+        try:
+            calls[name] = bare_forwards(driver, work)
+            for forward in calls[name].values():
+                forward()  # warm-up: binds the shape, compiles, fills caches
+        except Exception as exc:  # the loop-overhead split is optional; the call timings stand without it
+            log.warning("no bare-forward timing for %s: %s: %s", name, type(exc).__name__, exc)
+            calls.pop(name, None)
+    out: dict[str, dict[str, list[float]]] = {n: {s: [] for s in fs} for n, fs in calls.items()}
+    for r in range(repeats):
+        for name in rotated(list(calls), r):
+            for stage, forward in calls[name].items():
+                start = clock.mark()
+                forward()
+                end = clock.mark()
+                clock.sync()
+                out[name][stage].append(clock.seconds(start, end))
+    return out
 
 
 def check_images(images: torch.Tensor, work: Workload) -> None:
@@ -225,10 +264,11 @@ def _failure(name: str, work: Workload, exc: Exception) -> dict[str, Any]:
 
 
 def _record(
-    name: str, work: Workload, samples: dict[str, list[float]], peak: int, memory_kind: str, precision: dict
+    name: str, work: Workload, result: ShapeResult, memory_kind: str, precision: dict[str, str]
 ) -> dict[str, Any]:
+    samples = result.samples[name]
     timings = {m: summarize(v).to_json() for m, v in samples.items()}
-    return {
+    record = {
         "backend": name,
         "height": work.height,
         "width": work.width,
@@ -241,9 +281,17 @@ def _record(
         "timings_s": timings,
         "samples_s": samples,
         "images_per_s": work.batch / timings["end_to_end"]["median"],
-        "peak_memory_bytes": peak,
+        "peak_memory_bytes": result.peaks[name],
         "memory_kind": memory_kind,
     }
+    forwards = result.forwards.get(name)
+    if forwards:
+        record["forward_samples_s"] = forwards
+        record["forward_s"] = {s: summarize(v).to_json() for s, v in forwards.items()}
+        record["loop_overhead"] = {
+            s: 1.0 - record["forward_s"][s]["median"] / timings[f"{s}_step"]["median"] for s in forwards
+        }
+    return record
 
 
 def add_ratios(records: list[dict[str, Any]]) -> None:

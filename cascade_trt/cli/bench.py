@@ -54,7 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per backend and shape (default 1)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per backend and shape (default 5)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--precision", default="auto", help="auto, fp32, fp16 or bf16 (auto: fp32 on CPU)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto, fp32, fp16 or bf16, or per stage: stage_c=bf16,stage_b=fp16 (auto: fp32 on CPU; on GPU bf16 "
+        "for the full Stage C, fp16 elsewhere)",
+    )
     p.add_argument(
         "--prior", help="prior checkpoint (diffusers directory or hub id) instead of random weights"
     )
@@ -86,6 +91,19 @@ def parse_size(text: str) -> tuple[int, int]:
     return (sides[0], sides[-1])
 
 
+def parse_precision(text: str) -> str | dict[str, str]:
+    """`auto` / `fp16` as is; `stage_c=bf16,stage_b=fp16` as a per-stage dict (other stages: auto)."""
+    if "=" not in text:
+        return text
+    out = {}
+    for item in text.split(","):
+        stage, sep, value = item.partition("=")
+        if not sep or not stage.strip() or not value.strip():
+            raise ConfigError(f"--precision: {item!r} is not STAGE=PRECISION (e.g. stage_c=bf16)")
+        out[stage.strip()] = value.strip()
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     if args.compare:
         return _compare(args)
@@ -114,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         device=device,
-        precision=args.precision,
+        precision=parse_precision(args.precision),
         prior=args.prior,
         decoder=args.decoder,
         onnx_dir=args.onnx_dir,

@@ -1,0 +1,179 @@
+"""The benchmark suite: the tiny preset end to end through the CLI, its output checked against the schema.
+
+One real run (tiny preset, 256 px, 2+2 steps, 1 warm-up, 2 repeats) is shared by the tests of this module; it
+measures diffusers, the runtime's torch and onnxruntime backends, and asks for tensorrt to see it skipped.
+No timing is asserted: speed is a benchmark figure, not a test.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import importlib.util
+import json
+import math
+import socket
+from pathlib import Path
+
+import pytest
+from cascade_trt.benchmarks import costs, report, schema
+from cascade_trt.benchmarks.suite import METRICS, add_ratios
+from cascade_trt.benchmarks.timing import percentile, summarize
+
+from cascade_trt.cli import main
+
+HAS_ORT_BACKEND = (
+    importlib.util.find_spec("onnxruntime") is not None
+    and importlib.util.find_spec("cascade_trt.backends.onnxruntime_backend") is not None
+    and importlib.util.find_spec("cascade_trt.export.pipeline") is not None
+)
+BACKENDS = ["diffusers", "torch", "tensorrt"] + (["onnxruntime"] if HAS_ORT_BACKEND else [])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["bench", "--preset", "tiny", "--backends", *BACKENDS, "--sizes", "256", "--batch", "1"]
+    argv += ["--steps", "2", "2", "--warmup", "1", "--repeats", "2", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def doc(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_tiny_run_passes_the_schema_check(doc: dict) -> None:
+    assert schema.problems(doc) == []
+    measured = {r["backend"] for r in doc["records"]}
+    assert {"diffusers", "torch"} <= measured
+    if HAS_ORT_BACKEND:
+        assert "onnxruntime" in measured
+    for r in doc["records"]:
+        assert set(r["timings_s"]) == set(METRICS)
+        assert r["timings_s"]["end_to_end"]["n"] == 2  # warm-up excluded
+        assert r["precision"] == dict.fromkeys(("text_encoder", "stage_c", "stage_b", "stage_a"), "fp32")
+
+
+def test_ratios_come_from_the_same_run(doc: dict) -> None:
+    base = next(r for r in doc["records"] if r["backend"] == "diffusers")
+    for r in doc["records"]:
+        for m in METRICS:
+            expected = base["timings_s"][m]["median"] / r["timings_s"][m]["median"]
+            assert r["speedup_vs_baseline"][m] == pytest.approx(expected, rel=1e-12)
+        # Stage spans are consecutive slices of one call: they cannot exceed the call.
+        spans = sum(r["samples_s"][m][0] for m in ("text_encoder", "stage_c_loop", "stage_b_loop", "stage_a"))
+        assert spans <= r["samples_s"]["end_to_end"][0] * (1 + 1e-9)
+
+
+def test_unrunnable_backend_is_skipped_with_a_reason(doc: dict) -> None:
+    skipped = {s["backend"]: s["reason"] for s in doc["skipped"]}
+    assert "tensorrt" in skipped and "CUDA" in skipped["tensorrt"]
+    assert not any(s["backend"] in ("diffusers", "torch") for s in doc["skipped"]), doc["skipped"]
+
+
+def test_environment_is_recorded_without_the_host(doc: dict, run_dir: Path) -> None:
+    env = doc["environment"]
+    assert env["device_type"] == "cpu" and env["cpu_count"] >= 1
+    assert env["versions"]["torch"] == importlib.metadata.version("torch")
+    assert env["versions"]["diffusers"]
+    assert env["git"]["commit"] == "unknown" or len(env["git"]["commit"]) == 40
+    text = (run_dir / "results.json").read_text()
+    host = socket.gethostname()
+    if len(host) > 3:
+        assert host not in text
+    assert str(Path.home()) not in text and str(run_dir) not in text
+
+
+def test_markdown_and_chart_are_written(run_dir: Path, doc: dict) -> None:
+    md = (run_dir / "results.md").read_text()
+    assert "| backend | precision | text encoder | Stage C loop |" in md
+    for r in doc["records"]:
+        assert f"`{r['backend']}`" in md
+    assert "## Skipped" in md and "`tensorrt`" in md
+    png = (run_dir / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+
+
+def _slowed(doc: dict, factor: float) -> dict:
+    """The same document with every sample `factor` times slower, its statistics recomputed."""
+    out = copy.deepcopy(doc)
+    for r in out["records"]:
+        r["samples_s"] = {m: [v * factor for v in s] for m, s in r["samples_s"].items()}
+        r["timings_s"] = {m: summarize(s).to_json() for m, s in r["samples_s"].items()}
+        r["images_per_s"] = r["batch"] / r["timings_s"]["end_to_end"]["median"]
+        if "forward_samples_s" in r:  # step and forward both scale: the overhead fraction stays
+            r["forward_samples_s"] = {s: [v * factor for v in x] for s, x in r["forward_samples_s"].items()}
+            r["forward_s"] = {s: summarize(x).to_json() for s, x in r["forward_samples_s"].items()}
+    add_ratios(out["records"])
+    return out
+
+
+def test_compare_shows_two_files_side_by_side(run_dir: Path, doc: dict, tmp_path: Path, capsys) -> None:
+    slower = _slowed(doc, 2.0)
+    assert schema.problems(slower) == []
+    b = report.write_json(slower, tmp_path / "b" / "results.json")
+    assert main(["bench", "--compare", str(run_dir / "results.json"), str(b), "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "compare.md").read_text()
+    assert text == capsys.readouterr().out.rstrip("\n") + "\n"
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(doc["records"])
+    assert all(row.count("(2.00)") == 5 for row in rows)  # five stage columns, each B/A = 2
+
+
+def test_schema_check_catches_tampering(doc: dict) -> None:
+    wrong_ratio = copy.deepcopy(doc)
+    wrong_ratio["records"][-1]["speedup_vs_baseline"]["end_to_end"] *= 1.5
+    assert any("speedup end_to_end" in p for p in schema.problems(wrong_ratio))
+    non_finite = copy.deepcopy(doc)
+    non_finite["records"][0]["samples_s"]["stage_a"][0] = math.nan
+    assert schema.problems(non_finite)
+    missing = copy.deepcopy(doc)
+    del missing["records"][0]["peak_memory_bytes"]
+    assert any("peak_memory_bytes" in p for p in schema.problems(missing))
+    stale_stats = copy.deepcopy(doc)
+    stale_stats["records"][0]["timings_s"]["end_to_end"]["median"] *= 0.5
+    with pytest.raises(schema.SchemaError, match="median"):
+        schema.check(stale_stats)
+
+
+def test_bad_size_is_refused_with_the_fix(capsys) -> None:
+    assert main(["bench", "--preset", "tiny", "--sizes", "300", "--out", "unused"]) == 2
+    assert "multiple of 128" in capsys.readouterr().err
+
+
+def test_percentiles_match_numpy() -> None:
+    np = pytest.importorskip("numpy")
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0, 7.0]
+    stats = summarize(values)
+    assert stats.median == pytest.approx(np.percentile(values, 50))
+    assert stats.p10 == pytest.approx(np.percentile(values, 10))
+    assert stats.p90 == pytest.approx(np.percentile(values, 90))
+    assert stats.min == 1.0 and stats.n == 7
+    assert percentile([2.0], 90) == 2.0
+
+
+def test_cost_table_gives_the_facts_floor() -> None:
+    shape = costs.RunShape(1024, 1024, 1, 20, 10, 4.0, 0.0)
+    tflop = costs.stage_tflop("full", shape)
+    assert sum(tflop.values()) == pytest.approx(227, abs=1)  # FACTS.md: full cascade ~227 TFLOP an image
+    assert tflop["stage_c"] == pytest.approx(163.2)
+    floor = costs.floor_seconds("full", shape, 790.0)
+    assert floor["end_to_end"] == pytest.approx(0.29, abs=0.005)
+    batch4 = costs.stage_tflop("full", costs.RunShape(1024, 1024, 4, 20, 10, 4.0, 0.0))
+    assert batch4["stage_b"] == pytest.approx(4 * tflop["stage_b"])
+    assert costs.stage_tflop("tiny", shape) is None
+
+
+@pytest.mark.gpu
+def test_gpu_run_records_events_memory_and_floor(tmp_path: Path) -> None:
+    from cascade_trt.benchmarks.suite import SuiteConfig, run_suite
+
+    cfg = SuiteConfig(
+        preset="tiny", backends=("diffusers", "torch"), steps_c=2, steps_b=2, repeats=2, device="cuda"
+    )
+    doc = run_suite(cfg, workdir=str(tmp_path))
+    schema.check(doc)
+    assert doc["clock"] == "cuda_events" and doc["matmul_peak_tflops"] > 1
+    assert all(r["memory_kind"] == "cuda_max_allocated" for r in doc["records"])
