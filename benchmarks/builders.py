@@ -41,6 +41,7 @@ class Built:
     precision: dict[str, dict[str, str]] = field(default_factory=dict)  # backend -> stage -> fp32/fp16/bf16
     skipped: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: str = "random"
+    config: CascadeConfig | None = None
 
 
 def cascade_config(cfg: SuiteConfig) -> CascadeConfig:
@@ -82,7 +83,7 @@ def build_drivers(
     policy = PrecisionPolicy.resolve(config, cfg.precision, device=device)
     progress(f"building {config.name} models ({'random weights' if cfg.prior is None else 'checkpoints'})")
     parts = build_models(cfg, config, policy.dtypes(), device)
-    built = Built(checkpoints="random" if cfg.prior is None else "pretrained")
+    built = Built(checkpoints="random" if cfg.prior is None else "pretrained", config=config)
     for name in names:
         try:
             driver, precision = _build_one(name, cfg, config, parts, policy, device, Path(workdir), progress)

@@ -16,6 +16,10 @@ Only the released architectures (`full`, `lite`) have costs; for anything else t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cascade_trt.configs import CascadeConfig
 
 REFERENCE_AREA = 1024 * 1024
 
@@ -24,6 +28,22 @@ FORWARD_TFLOP: dict[str, dict[str, float]] = {
     "full": {"text_encoder": 0.10, "stage_c": 4.08, "stage_b": 6.17, "stage_a": 2.17},
     "lite": {"text_encoder": 0.10, "stage_c": 1.175, "stage_b": 2.22, "stage_a": 2.17},
 }
+
+
+def cost_key(config: CascadeConfig) -> str | None:
+    """The cost-table entry of an architecture (a checkpoint's config counts as `full` if its UNets are)."""
+    from cascade_trt.configs import PRESETS
+
+    def shape_of(c: CascadeConfig) -> tuple:
+        # The fields that set the compute; dropout and the like do not.
+        fields = ("block_out_channels", "down_num_layers_per_block", "up_num_layers_per_block", "patch_size")
+        fields += ("num_attention_heads", "conditioning_dim", "up_blocks_repeat_mappers")
+        return tuple(tuple(getattr(unet, f) for f in fields) for unet in (c.stage_c, c.stage_b))
+
+    for name in FORWARD_TFLOP:
+        if shape_of(PRESETS[name]) == shape_of(config):
+            return name
+    return None
 
 
 @dataclass(frozen=True)

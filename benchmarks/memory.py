@@ -2,9 +2,12 @@
 
 CUDA: `torch.cuda.max_memory_allocated` after resetting the peak (memory held by PyTorch's allocator; ONNX
 Runtime's or TensorRT's own allocations are not in it, which the record's `memory_kind` says).
-CPU: the process's peak resident set (`VmHWM`), reset before the backend's calls by writing 5 to
-`/proc/self/clear_refs` (Linux). Where that reset is refused, the lifetime peak is reported and labelled so.
-Both include the models, which are resident for the whole run.
+CPU: the process's peak resident set (`VmHWM`), reset before each call by writing 5 to `/proc/self/clear_refs`
+(Linux). Where that reset is refused, the lifetime peak is reported and labelled so.
+
+The peak includes every model resident in the process, and the suite keeps all backends' models loaded at
+once, so on the CPU it is nearly the same for every backend. `call_bytes` is therefore reported beside it: the
+peak minus what was in use just before the call, i.e. the working memory the call itself needed.
 """
 
 from __future__ import annotations
@@ -23,29 +26,42 @@ class PeakMemory:
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
         self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "rss_peak"
+        self.before = 0
 
     def reset(self) -> None:
+        """Start a new peak; remember what is in use now."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = int(torch.cuda.memory_allocated(self.device))
             return
         try:
             _CLEAR_REFS.write_text("5")
         except OSError:
             self.kind = "rss_peak_lifetime"
+        self.before = _status_bytes("VmRSS") or 0
 
     def read(self) -> int:
         """Peak bytes since the last `reset`."""
         if self.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
-        try:
-            match = re.search(r"^VmHWM:\s+(\d+)\s+kB", _STATUS.read_text(), re.MULTILINE)
-        except OSError:
-            match = None
-        if match:
-            return int(match.group(1)) * 1024
+        peak = _status_bytes("VmHWM")
+        if peak is not None:
+            return peak
         # Not Linux: the lifetime peak is all there is (ru_maxrss is in bytes on macOS, kB elsewhere).
         import resource
 
         self.kind = "rss_peak_lifetime"
         scale = 1 if sys.platform == "darwin" else 1024
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+    def call_bytes(self) -> int:
+        """Peak since the last `reset` above the usage at that reset (0 when nothing was added)."""
+        return max(0, self.read() - self.before)
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        match = re.search(rf"^{field}:\s+(\d+)\s+kB", _STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None

@@ -23,6 +23,13 @@ LABELS = {
     "stage_a": "Stage A",
     "end_to_end": "end to end",
 }
+MEMORY_KINDS = {
+    "rss_peak": "peak resident set of the process during a call (every backend's models are resident), "
+    "and in parentheses the MiB the call added",
+    "rss_peak_lifetime": "lifetime peak resident set of the process (this OS cannot reset it)",
+    "cuda_max_allocated": "torch.cuda.max_memory_allocated during a call (PyTorch's allocator only), "
+    "and in parentheses the MiB the call added",
+}
 BREAKDOWN = ("text_encoder", "stage_c_loop", "stage_b_loop", "stage_a")
 COLORS = ("#8c8c8c", "#3b75af", "#ef8636", "#519e3e")
 
@@ -97,6 +104,9 @@ def header(doc: dict[str, Any]) -> list[str]:
         f"- **Timing**: {clock}; {cfg['warmup']} warm-up call(s) excluded, {cfg['repeats']} measured calls per "
         "backend, interleaved across backends. Cells: median [p10–p90] in ms.",
     ]
+    kinds = {r["memory_kind"] for r in doc["records"]}
+    if kinds:
+        lines.append(f"- **Memory**: {', '.join(MEMORY_KINDS.get(k, k) for k in sorted(kinds))}")
     if doc.get("matmul_peak_tflops"):
         lines.append(f"- **Measured bf16 matrix peak**: {doc['matmul_peak_tflops']:.0f} TFLOP/s")
     return lines
@@ -134,15 +144,13 @@ def _by_shape(records: list[dict[str, Any]]) -> dict[tuple[int, int, int], list[
 
 
 def _latency_table(records: list[dict[str, Any]]) -> list[str]:
-    cols = ["backend", "precision", *(LABELS[m] for m in METRICS), "images/s", "peak memory"]
+    cols = ["backend", "precision", *(LABELS[m] for m in METRICS), "images/s", "peak memory (+call)"]
     rows = [_row(cols), _row(["---"] * len(cols))]
     for r in records:
         cells = [f"`{r['backend']}`", _precision(r["precision"])]
         cells += [_ms(r["timings_s"][m], spread=not m.endswith("_step")) for m in METRICS]
-        cells += [
-            f"{r['images_per_s']:.3g}",
-            f"{r['peak_memory_bytes'] / 2**20:.0f} MiB ({r['memory_kind']})",
-        ]
+        memory = f"{r['peak_memory_bytes'] / 2**20:.0f} MiB (+{r['call_memory_bytes'] / 2**20:.0f})"
+        cells += [f"{r['images_per_s']:.3g}", memory]
         rows.append(_row(cells))
     return rows
 

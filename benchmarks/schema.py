@@ -32,6 +32,7 @@ RECORD_FIELDS = {
     "samples_s": dict,
     "images_per_s": (int, float),
     "peak_memory_bytes": int,
+    "call_memory_bytes": int,
     "memory_kind": str,
 }
 TOP_FIELDS = {
@@ -136,6 +137,8 @@ def _record(r: dict[str, Any], where: str) -> list[str]:
         )
     if r["peak_memory_bytes"] <= 0:
         out.append(f"{where}.peak_memory_bytes must be positive")
+    if not 0 <= r["call_memory_bytes"] <= r["peak_memory_bytes"]:
+        out.append(f"{where}.call_memory_bytes must lie between 0 and the peak")
     for loop, step, steps in (
         ("stage_c_loop", "stage_c_step", "steps_c"),
         ("stage_b_loop", "stage_b_step", "steps_b"),
@@ -146,6 +149,22 @@ def _record(r: dict[str, Any], where: str) -> list[str]:
                 break
     if "forward_s" in r or "loop_overhead" in r:
         out += _forwards(r, where)
+    if "floor_s" in r or "floor_fraction" in r:
+        out += _floor(r, where)
+    return out
+
+
+def _floor(r: dict[str, Any], where: str) -> list[str]:
+    """floor_fraction = floor seconds / measured median, for every metric with a floor."""
+    floor, fraction = r.get("floor_s"), r.get("floor_fraction")
+    if not (isinstance(floor, dict) and isinstance(fraction, dict)) or set(floor) != set(fraction):
+        return [f"{where}: floor_s and floor_fraction go together, with the same metrics"]
+    out = []
+    for metric, seconds in floor.items():
+        if metric not in r["timings_s"] or not _is_number(seconds) or seconds <= 0:
+            out.append(f"{where}.floor_s.{metric}: a positive time of a measured metric expected")
+        elif not _close(fraction[metric], seconds / r["timings_s"][metric]["median"]):
+            out.append(f"{where}.floor_fraction.{metric} is not floor / median")
     return out
 
 

@@ -119,7 +119,7 @@ def run_suite(
                 if name in result.samples
             ]
             add_ratios(shape_records)
-            add_floor(shape_records, cfg.preset if cfg.prior is None else None, peak_tflops)
+            add_floor(shape_records, costs.cost_key(built.config), peak_tflops)
             records += shape_records
     return {
         "schema": SCHEMA,
@@ -173,6 +173,7 @@ class ShapeResult:
 
     samples: dict[str, dict[str, list[float]]]  # backend -> metric -> seconds per call
     peaks: dict[str, int]  # backend -> peak bytes over its timed calls
+    call_bytes: dict[str, int]  # backend -> most working memory one timed call added (see memory)
     forwards: dict[str, dict[str, list[float]]]  # backend -> denoiser -> seconds per bare forward
     failed: list[dict[str, Any]]
 
@@ -200,7 +201,7 @@ def measure(
             if name in live:
                 attempt(name)
     samples: dict[str, dict[str, list[float]]] = {n: {m: [] for m in METRICS} for n in live}
-    peaks = dict.fromkeys(live, 0)
+    peaks, call_bytes = dict.fromkeys(live, 0), dict.fromkeys(live, 0)
     for r in range(repeats):
         for name in rotated(list(live), r):
             memory.reset()
@@ -209,9 +210,10 @@ def measure(
                 samples.pop(name, None)
                 continue
             peaks[name] = max(peaks[name], memory.read())
+            call_bytes[name] = max(call_bytes[name], memory.call_bytes())
             for metric, value in spans.items():
                 samples[name][metric].append(value)
-    return ShapeResult(samples, peaks, time_forwards(live, work, clock, repeats), failed)
+    return ShapeResult(samples, peaks, call_bytes, time_forwards(live, work, clock, repeats), failed)
 
 
 def rotated(names: list[str], r: int) -> list[str]:
@@ -282,6 +284,7 @@ def _record(
         "samples_s": samples,
         "images_per_s": work.batch / timings["end_to_end"]["median"],
         "peak_memory_bytes": result.peaks[name],
+        "call_memory_bytes": result.call_bytes[name],
         "memory_kind": memory_kind,
     }
     forwards = result.forwards.get(name)

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 from cascade_trt.benchmarks import costs, report, schema
-from cascade_trt.benchmarks.suite import METRICS, add_ratios
+from cascade_trt.benchmarks.suite import METRICS, add_floor, add_ratios
 from cascade_trt.benchmarks.timing import percentile, summarize
 
 from cascade_trt.cli import main
+from cascade_trt.configs import FULL, LITE, TINY
 
 HAS_ORT_BACKEND = (
     importlib.util.find_spec("onnxruntime") is not None
@@ -138,6 +139,24 @@ def test_schema_check_catches_tampering(doc: dict) -> None:
         schema.check(stale_stats)
 
 
+def test_floor_fraction_arithmetic(doc: dict) -> None:
+    """The GPU-only floor figures, computed here from the CPU records with the H100's measured peak."""
+    records = copy.deepcopy(doc["records"])
+    add_floor(records, "full", 790.0)
+    with_floor = {**doc, "records": records}
+    assert schema.problems(with_floor) == []
+    r = records[0]
+    shape = costs.RunShape(256, 256, 1, 2, 2, 4.0, 0.0)
+    assert r["floor_s"]["end_to_end"] == pytest.approx(
+        costs.floor_seconds("full", shape, 790.0)["end_to_end"]
+    )
+    assert r["floor_fraction"]["stage_c_loop"] == pytest.approx(
+        r["floor_s"]["stage_c_loop"] / r["timings_s"]["stage_c_loop"]["median"]
+    )
+    r["floor_fraction"]["stage_a"] *= 2
+    assert any("floor_fraction.stage_a" in p for p in schema.problems(with_floor))
+
+
 def test_bad_size_is_refused_with_the_fix(capsys) -> None:
     assert main(["bench", "--preset", "tiny", "--sizes", "300", "--out", "unused"]) == 2
     assert "multiple of 128" in capsys.readouterr().err
@@ -164,6 +183,7 @@ def test_cost_table_gives_the_facts_floor() -> None:
     batch4 = costs.stage_tflop("full", costs.RunShape(1024, 1024, 4, 20, 10, 4.0, 0.0))
     assert batch4["stage_b"] == pytest.approx(4 * tflop["stage_b"])
     assert costs.stage_tflop("tiny", shape) is None
+    assert costs.cost_key(FULL) == "full" and costs.cost_key(LITE) == "lite" and costs.cost_key(TINY) is None
 
 
 @pytest.mark.gpu
