@@ -127,11 +127,21 @@ def align_conv_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def to_fp32(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_fp32(
+    model: onnx.ModelProto, *, keep_rounding: bool = True, types: dict[str, int] | None = None
+) -> onnx.ModelProto:
     """The same graph computing in fp32: weights, constants, casts and IO types of fp16/bf16 become fp32.
 
-    The model must have its weights loaded (`onnx.load(path)` loads external data by default).
+    With `keep_rounding` every value the original graph stores in fp16/bf16 is still rounded to that type
+    (a Cast down and back up after the node that makes it): fp32 arithmetic, low-precision storage, which is
+    what GPU kernels do. Without it, roundings the model relies on vanish: diffusers' timestep embedding
+    computes `r * 10000` in the model's dtype before `sin`, so a bf16 Stage B sees sin of a bf16-rounded angle,
+    and a pure-fp32 reference of that graph disagrees with it (and with TensorRT) by order 1.
+
+    The model must have its weights loaded (`onnx.load(path)` loads external data by default); `types` are
+    the original graph's tensor types (`tensor_types`), computed here when not given.
     """
+    types = tensor_types(model) if (keep_rounding and types is None) else (types or {})
     model = _copy(model)
     graph = model.graph
     for i, init in enumerate(graph.initializer):
@@ -148,7 +158,30 @@ def to_fp32(model: onnx.ModelProto) -> onnx.ModelProto:
     for info in itertools.chain(graph.input, graph.output, graph.value_info):
         if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type in LOW:
             info.type.tensor_type.elem_type = TensorProto.FLOAT
+    if keep_rounding:
+        _round_like(model, types)
     return model
+
+
+def _round_like(model: onnx.ModelProto, types: dict[str, int]) -> None:
+    """After every node output that was fp16/bf16 in the original graph, round it to that type and back."""
+    names = _Names(model)
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        nodes.append(node)
+        if node.op_type == "Constant":  # already holds low-precision values, converted exactly
+            continue
+        for k, out in enumerate(node.output):
+            low = types.get(out)
+            if low not in LOW:
+                continue
+            exact, rounded = names.new(f"{out}_exact"), names.new(f"{out}_rounded")
+            node.output[k] = exact
+            nodes.append(helper.make_node("Cast", [exact], [rounded], to=low, name=names.new(f"{out}_round")))
+            nodes.append(
+                helper.make_node("Cast", [rounded], [out], to=TensorProto.FLOAT, name=names.new(f"{out}_up"))
+            )
+    _replace_nodes(model, nodes)
 
 
 def passes_for(precision: str) -> tuple[str, ...]:

@@ -182,3 +182,29 @@ def test_prepare_for_tensorrt_applies_the_passes_of_the_precision() -> None:
     assert applied_fp32 == ()
     assert "cast_around_resize" in applied
     assert count_ops(fixed, "Cast") == 4
+
+
+def test_to_fp32_keeps_the_graphs_low_precision_rounding() -> None:
+    """sin(bf16(r * 10000)), as diffusers' timestep embedding computes it in bf16: the rounding must survive."""
+    r = helper.make_tensor_value_info("r", TensorProto.FLOAT, [64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])
+    import ml_dtypes
+
+    scale = numpy_helper.from_array(np.array(10000.0, np.float32).astype(ml_dtypes.bfloat16), "scale")
+    nodes = [
+        helper.make_node("Cast", ["r"], ["r_bf16"], to=TensorProto.BFLOAT16),
+        helper.make_node("Mul", ["r_bf16", "scale"], ["angle"]),
+        helper.make_node("Cast", ["angle"], ["angle_fp32"], to=TensorProto.FLOAT),
+        helper.make_node("Sin", ["angle_fp32"], ["y"]),
+    ]
+    model = _model(nodes, [r], [y], [scale], opset=22)
+    x = np.random.default_rng(4).uniform(0, 1, 64).astype(np.float32)
+    r_bf16 = x.astype(ml_dtypes.bfloat16).astype(np.float32)
+    scale_bf16 = np.float32(ml_dtypes.bfloat16(10000.0))  # 9984: the constant itself is stored in bf16
+    rounded = np.sin((r_bf16 * scale_bf16).astype(ml_dtypes.bfloat16).astype(np.float32))
+    exact = np.sin(x * scale_bf16)  # no rounding at all, not even of the input
+    (kept,) = _session(to_fp32(model)).run(None, {"r": x})
+    (plain,) = _session(to_fp32(model, keep_rounding=False)).run(None, {"r": x})
+    np.testing.assert_allclose(kept, rounded, atol=1e-5)
+    np.testing.assert_allclose(plain, exact, atol=1e-3)
+    assert np.abs(kept - plain).max() > 0.5, "bf16 rounding of a large angle changes sin by order 1"

@@ -1,0 +1,92 @@
+"""`cascade-trt build --onnx DIR --out ENGINE_DIR`: one TensorRT engine per exported stage."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from cascade_trt.errors import ConfigError
+from cascade_trt.stages import STAGE_NAMES, BatchRange, SizeRange
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build",
+        help="build TensorRT engines from exported ONNX graphs (needs TensorRT and an NVIDIA GPU)",
+        description="Builds ENGINE_DIR/<stage>.plan with a manifest beside each, in-process, one optimization "
+        "profile per engine derived from the stage descriptions (guided stages get twice the batch). "
+        "Engines whose manifest matches (same ONNX, precision, profiles, flags, TensorRT and GPU) are kept.",
+    )
+    p.add_argument("--onnx", required=True, metavar="DIR", help="directory of `cascade-trt export`")
+    p.add_argument("--out", required=True, metavar="ENGINE_DIR", help="where to write <stage>.plan and .json")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp16", "bf16", "fp32"),
+        help="auto: bf16 for the full Stage C (it overflows in fp16), fp16 elsewhere; must match the "
+        "precision the graphs were exported in (TensorRT builds strongly typed networks)",
+    )
+    p.add_argument("--min-size", type=int, default=512, help="smallest image side, px (multiple of 128)")
+    p.add_argument("--opt-size", type=int, default=1024, help="image side TensorRT tunes for, px")
+    p.add_argument("--max-size", type=int, default=1536, help="largest image side, px")
+    p.add_argument("--static", metavar="HxW", help="one fixed image size instead of a range, e.g. 1024x1024")
+    p.add_argument(
+        "--max-batch", type=int, default=4, help="most images per call, before guidance doubles it"
+    )
+    p.add_argument("--opt-batch", type=int, default=1, help="images per call TensorRT tunes for")
+    p.add_argument(
+        "--no-guidance", action="store_true", help="guided stages never see the doubled (cond + uncond) batch"
+    )
+    p.add_argument(
+        "--timing-cache", type=Path, metavar="PATH", help="TensorRT timing cache to read and update"
+    )
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGE_NAMES,
+        metavar="STAGE",
+        help=f"stages to build (default: every exported one): {', '.join(STAGE_NAMES)}",
+    )
+    p.add_argument("--workspace-gib", type=float, help="builder workspace limit (default: TensorRT's)")
+    p.add_argument("--optimization-level", type=int, choices=range(6), help="builder optimization level 0-5")
+    p.add_argument(
+        "--weakly-typed",
+        action="store_true",
+        help="TensorRT 10 only: build an fp32 graph with the FP16/BF16 builder flags",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
+    p.set_defaults(func=run)
+
+
+def build_shapes(args: argparse.Namespace):
+    """The `BuildShapes` the size and batch flags describe."""
+    from cascade_trt.engines.profiles import BuildShapes
+
+    if args.static:
+        m = re.fullmatch(r"(\d+)[xX](\d+)", args.static)
+        if m is None:
+            raise ConfigError(f"--static {args.static!r}: write it as HxW, e.g. 1024x1024")
+        sizes = SizeRange.static(int(m.group(1)), int(m.group(2)))
+    else:
+        sizes = SizeRange.square(args.min_size, args.opt_size, args.max_size)
+    batches = BatchRange(1, min(args.opt_batch, args.max_batch), args.max_batch)
+    return BuildShapes(sizes, batches, guidance=not args.no_guidance)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cascade_trt.engines.builder import BuildOptions, build_engines
+
+    options = BuildOptions(
+        shapes=build_shapes(args),
+        strongly_typed=not args.weakly_typed,
+        workspace_gib=args.workspace_gib,
+        optimization_level=args.optimization_level,
+        timing_cache=args.timing_cache,
+    )
+    built = build_engines(
+        args.onnx, args.out, precision=args.precision, stages=args.stages, options=options, force=args.force
+    )
+    for stage, path in built.items():
+        print(f"{stage}: {path}")
+    return 0
