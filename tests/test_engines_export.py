@@ -186,3 +186,39 @@ def test_build_command_checks_its_arguments_first(bf16_dir: Path, tmp_path: Path
 def test_check_command_without_tensorrt(bf16_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(["check", "--onnx", str(bf16_dir), "--engines", str(tmp_path)]) == 2
     assert "pip install 'cascade-trt[tensorrt]'" in capsys.readouterr().err
+
+
+# --- on a machine with TensorRT and a GPU (skipped here) ---------------------------------------------------
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_build_check_and_graph_capture(bf16_dir: Path, tmp_path: Path) -> None:
+    from cascade_trt.engines.builder import build_engines
+    from cascade_trt.engines.check import check_engines
+
+    from cascade_trt.backends.tensorrt_backend import load_runners
+
+    shapes = BuildShapes(SizeRange.square(128, 256, 384), BatchRange(1, 1, 2))
+    built = build_engines(bf16_dir, tmp_path, precision="bf16", options=BuildOptions(shapes))
+    assert set(built) == set(STAGES) and all(p.is_file() for p in built.values())
+    assert (
+        build_engines(bf16_dir, tmp_path, precision="bf16", options=BuildOptions(shapes)) == built
+    )  # cached
+    results = check_engines(bf16_dir, tmp_path)
+    assert results and all(r.ok for r in results), [r.line() for r in results if not r.ok]
+
+    runner = load_runners({"stage_a": read_onnx_stage(bf16_dir, "stage_a").spec}, tmp_path, "cuda")["stage_a"]
+    bindings = runner.allocate(1, 256, 256)
+    bindings.inputs["latents"].normal_()
+    runner.execute(bindings)  # once before capture, as TensorRT requires
+    torch.cuda.synchronize()
+    eager = bindings.outputs["images"].clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        runner.execute(bindings)
+    bindings.outputs["images"].zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(bindings.outputs["images"], eager)
+    with pytest.raises(Exception, match="--max-size 512"):
+        runner.allocate(1, 512, 512)
