@@ -58,9 +58,8 @@ class SuiteConfig:
     repeats: int = 5
     device: str = "cpu"
     precision: str | dict[str, str] = "auto"  # as PrecisionPolicy.resolve takes it
-    prior: str | None = (
-        None  # real checkpoints (diffusers-format directories or hub ids); None: random weights
-    )
+    # Real checkpoints (diffusers-format directories or hub ids); None: random weights.
+    prior: str | None = None
     decoder: str | None = None
     onnx_dir: str | None = None  # ONNX graphs to reuse for onnxruntime; None: exported into a temporary dir
     engine_dir: str | None = None  # TensorRT engines (tensorrt runs only with them)
@@ -120,6 +119,12 @@ def run_suite(
             ]
             add_ratios(shape_records)
             add_floor(shape_records, costs.cost_key(built.config), peak_tflops)
+            for r in shape_records:
+                speedup = r.get("speedup_vs_baseline", {}).get("end_to_end")
+                note = f" ({speedup:.2f}x {BASELINE})" if speedup else ""
+                progress(
+                    f"  {r['backend']}: end to end {r['timings_s']['end_to_end']['median'] * 1e3:.1f} ms{note}"
+                )
             records += shape_records
     return {
         "schema": SCHEMA,

@@ -16,12 +16,17 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 from cascade_trt.benchmarks import costs, report, schema
-from cascade_trt.benchmarks.suite import METRICS, add_floor, add_ratios
-from cascade_trt.benchmarks.timing import percentile, summarize
+from cascade_trt.benchmarks.drivers import DiffusersDriver, Workload
+from cascade_trt.benchmarks.memory import PeakMemory
+from cascade_trt.benchmarks.suite import METRICS, add_floor, add_ratios, choose_backends, measure
+from cascade_trt.benchmarks.timing import Clock, percentile, summarize
 
 from cascade_trt.cli import main
+from cascade_trt.cli.bench import parse_precision
 from cascade_trt.configs import FULL, LITE, TINY
+from cascade_trt.errors import ConfigError
 
 HAS_ORT_BACKEND = (
     importlib.util.find_spec("onnxruntime") is not None
@@ -197,3 +202,38 @@ def test_gpu_run_records_events_memory_and_floor(tmp_path: Path) -> None:
     schema.check(doc)
     assert doc["clock"] == "cuda_events" and doc["matmul_peak_tflops"] > 1
     assert all(r["memory_kind"] == "cuda_max_allocated" for r in doc["records"])
+
+
+def test_backend_choice_and_skip_reasons() -> None:
+    cpu = torch.device("cpu")
+    run, skipped = choose_backends(None, cpu)
+    reasons = {s["backend"]: s["reason"] for s in skipped}
+    assert run[0] == "diffusers" and "torch" in run
+    assert "torch-compile" in reasons and "--backends" in reasons["torch-compile"]  # only when asked for
+    assert "CUDA" in reasons["tensorrt"]
+    run, skipped = choose_backends(("torch-compile", "warp-drive"), cpu)
+    assert run == ["torch-compile"] and skipped[0]["backend"] == "warp-drive"
+
+
+def test_precision_flag_takes_one_or_per_stage() -> None:
+    assert parse_precision("auto") == "auto"
+    assert parse_precision("stage_c=bf16, stage_b=fp16") == {"stage_c": "bf16", "stage_b": "fp16"}
+    with pytest.raises(ConfigError, match="STAGE=PRECISION"):
+        parse_precision("stage_c=bf16,fp16")
+
+
+def test_a_backend_with_wrong_images_is_dropped_and_recorded() -> None:
+    from cascade_trt.checkpoints import random_components
+
+    parts = random_components(TINY, stages=("text_encoder", "stage_c", "stage_b", "stage_a"))
+
+    class TwoChannels(DiffusersDriver):  # a backend that answers fast and wrong
+        def stage_a(self, latents: torch.Tensor) -> torch.Tensor:
+            return super().stage_a(latents)[:, :2]
+
+    drivers = {"diffusers": DiffusersDriver(parts), "broken": TwoChannels(parts)}
+    work = Workload(prompts=("a cat",), height=256, width=256, steps_c=1, steps_b=1)
+    result = measure(drivers, work, Clock(), PeakMemory("cpu"), warmup=1, repeats=2)
+    assert set(result.samples) == {"diffusers"} and len(result.samples["diffusers"]["end_to_end"]) == 2
+    assert [f["backend"] for f in result.failed] == ["broken"]
+    assert "images have shape (1, 2, 256, 256)" in result.failed[0]["reason"]
