@@ -28,7 +28,7 @@ from typing import Any
 from cascade_trt.engines.availability import import_tensorrt, tensorrt_major
 from cascade_trt.engines.manifest import Target, cache_key, engine_manifest, onnx_identity
 from cascade_trt.engines.onnx_stage import OnnxStage, policy_config, select_exported
-from cascade_trt.engines.passes import passes_for, prepare_for_tensorrt
+from cascade_trt.engines.passes import apply_passes, passes_for
 from cascade_trt.engines.profiles import BuildShapes, profiles_to_json
 
 from cascade_trt.artifacts import atomic_path, engine_path, manifest_path, read_manifest, write_json
@@ -210,28 +210,14 @@ def _stepper(stage: str, start: float) -> Callable[[str], None]:
 
 def _build_plan(trt: Any, plan: StagePlan, options: BuildOptions, *, log_step: Callable[[str], None]) -> Any:
     """Parse, configure and build with TensorRT; returns the serialized engine (IHostMemory)."""
-    import onnx
-
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if options.strongly_typed and tensorrt_major(trt.__version__) < 11:  # always on (and deprecated) in 11
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    # Weights stay on disk: the rewritten graph is parsed from memory with `path` set to the original file,
-    # so its external data resolves from the export directory.
-    model, applied = prepare_for_tensorrt(
-        onnx.load(str(plan.stage.path), load_external_data=False),
-        plan.stage.precision if options.strongly_typed else "fp32",
-    )
-    log_step(f"parsing {plan.stage.path.name} ({', '.join(applied) or 'no passes'})")
-    if not parser.parse(model.SerializeToString(), str(plan.stage.path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"TensorRT could not parse {plan.stage.path}: {errors}")
+    log_step(f"parsing {plan.stage.path.name} ({', '.join(plan.passes) or 'no passes'})")
+    network, parser = _parse(trt, builder, logger, plan, strongly_typed=options.strongly_typed)
     config = _builder_config(trt, builder, plan, options)
     log_step(f"building {plan.precision} engine")
     engine = builder.build_serialized_network(network, config)
+    del parser  # it owns the weights the network points at: only now may it go
     if engine is None:
         raise EngineBuildError(
             f"TensorRT failed to build {plan.stage.name} (its log above says why); with too little memory, "
@@ -240,6 +226,30 @@ def _build_plan(trt: Any, plan: StagePlan, options: BuildOptions, *, log_step: C
     if options.timing_cache is not None:
         _save_timing_cache(config, options.timing_cache)
     return engine
+
+
+def _parse(trt: Any, builder: Any, logger: Any, plan: StagePlan, *, strongly_typed: bool) -> tuple[Any, Any]:
+    """The network of the rewritten graph, and the parser that must outlive it."""
+    import onnx
+
+    flags = 0
+    if strongly_typed and tensorrt_major(trt.__version__) < 11:  # always on (and the flag deprecated) in 11
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    # Weights stay on disk: the rewritten graph is parsed from memory with `path` set to the original file,
+    # so its external data resolves from the export directory.
+    model = apply_passes(onnx.load(str(plan.stage.path), load_external_data=False), plan.passes)
+    if not parser.parse(model.SerializeToString(), str(plan.stage.path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT could not parse {plan.stage.path}: {errors}")
+    inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    if inputs != set(plan.profiles):
+        raise EngineBuildError(
+            f"{plan.stage.path.name} has inputs {sorted(inputs)} but its manifest lists {sorted(plan.profiles)}: "
+            "the graph and its manifest disagree; re-export the stage"
+        )
+    return network, parser
 
 
 def _builder_config(trt: Any, builder: Any, plan: StagePlan, options: BuildOptions) -> Any:
@@ -252,7 +262,7 @@ def _builder_config(trt: Any, builder: Any, plan: StagePlan, options: BuildOptio
         config.set_flag(trt.BuilderFlag.FP16 if plan.precision == "fp16" else trt.BuilderFlag.BF16)
     profile = builder.create_optimization_profile()
     for name, p in plan.profiles.items():
-        profile.set_shape(name, p["min"], p["opt"], p["max"])
+        profile.set_shape(name, tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
     if config.add_optimization_profile(profile) < 0:
         raise EngineBuildError(
             f"TensorRT refused the optimization profile of {plan.stage.name}: {plan.profiles}"

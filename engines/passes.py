@@ -31,8 +31,10 @@ TYPE_NAMES = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProt
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every named tensor of the main graph (inputs, outputs, initializers, intermediates)."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    graph = inferred.graph
+    try:
+        graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    except onnx.shape_inference.InferenceError:  # an op ONNX's type rules reject: the exporter's value_info
+        graph = model.graph
     types: dict[str, int] = {}
     for info in itertools.chain(graph.input, graph.output, graph.value_info):
         if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
@@ -199,9 +201,14 @@ PASSES = {"align_conv_transpose": align_conv_transpose, "cast_around_resize": ca
 def prepare_for_tensorrt(model: onnx.ModelProto, precision: str) -> tuple[onnx.ModelProto, tuple[str, ...]]:
     """Apply `passes_for(precision)`; return the new model and the names of the passes applied."""
     names = passes_for(precision)
+    return apply_passes(model, names), names
+
+
+def apply_passes(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """Apply the named passes (keys of `PASSES`) in order."""
     for name in names:
         model = PASSES[name](model)
-    return model, names
+    return model
 
 
 def count_ops(model: onnx.ModelProto, op_type: str) -> int:
