@@ -334,3 +334,38 @@ def test_build_without_tensorrt_fails_cleanly_and_writes_nothing(tmp_path: Path)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'cascade-trt\[tensorrt\]'"):
         build_engines(tmp_path / "onnx", tmp_path / "engines", options=BuildOptions(SHAPES))
     assert not (tmp_path / "engines").exists()
+
+
+def test_engine_with_matching_content_key_is_kept_without_building(tmp_path: Path) -> None:
+    from cascade_trt.engines.builder import build_engine
+    from cascade_trt.engines.manifest import onnx_identity
+
+    _fake_export(tmp_path / "onnx", FULL, "stage_c", "bf16")
+    options = BuildOptions(SHAPES)
+    (plan,) = plan_builds(tmp_path / "onnx", options=options)
+    manifest = engine_manifest(
+        stage="stage_c",
+        precision=plan.precision,
+        onnx=onnx_identity(plan.stage.manifest),
+        shapes=SHAPES,
+        profiles=plan.profiles,
+        flags=options.flags(),
+        passes=plan.passes,
+        target=H100,
+        onnx_dir="onnx",
+    )
+    out = engine_path(tmp_path / "engines", "stage_c")
+    write_engine(out, b"BUILT BEFORE", manifest)
+    # trt=None: reaching TensorRT at all would raise, so returning proves the cache decided.
+    kept = build_engine(plan, tmp_path / "engines", trt=None, target=H100, options=options, onnx_dir="onnx")
+    assert kept == out and out.read_bytes() == b"BUILT BEFORE"
+    with pytest.raises(AttributeError):  # another GPU: the key differs, so a build is attempted
+        build_engine(
+            plan,
+            tmp_path / "engines",
+            trt=None,
+            target=Target("10.8.0.43", "B200", "10.0"),
+            options=options,
+            onnx_dir="onnx",
+        )
+    assert out.read_bytes() == b"BUILT BEFORE" and read_manifest(out) == manifest
