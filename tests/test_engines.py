@@ -369,3 +369,22 @@ def test_engine_with_matching_content_key_is_kept_without_building(tmp_path: Pat
             onnx_dir="onnx",
         )
     assert out.read_bytes() == b"BUILT BEFORE" and read_manifest(out) == manifest
+
+
+def test_build_flags_give_the_build_shapes() -> None:
+    from cascade_trt.cli import build_parser
+    from cascade_trt.cli.build import build_shapes
+    from cascade_trt.errors import ConfigError
+
+    def shapes(*flags: str) -> BuildShapes:
+        return build_shapes(build_parser().parse_args(["build", "--onnx", "o", "--out", "e", *flags]))
+
+    assert shapes() == BuildShapes(SizeRange.square(512, 1024, 1536), BatchRange(1, 1, 4))
+    assert shapes("--max-size", "768").sizes == SizeRange.square(512, 768, 768)
+    assert shapes("--static", "1024x768", "--max-batch", "2", "--no-guidance") == BuildShapes(
+        SizeRange.static(1024, 768), BatchRange(1, 1, 2), guidance=False
+    )
+    with pytest.raises(ConfigError, match="--static gives one fixed size"):
+        shapes("--static", "1024x1024", "--max-size", "1536")
+    with pytest.raises(ShapeError, match="multiple of 128"):
+        shapes("--max-size", "1500")

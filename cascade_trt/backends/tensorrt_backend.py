@@ -132,7 +132,11 @@ class TensorRTRunner(StageRunner):
         manifest = read_manifest(self.path)
         onnx = onnx_identity(read_onnx_stage(onnx_dir, spec.name).manifest) if onnx_dir is not None else None
         check_engine(
-            manifest, self.path, target=Target.current(trt, device), precision=NAMES[dtype], onnx=onnx
+            manifest,
+            self.path,
+            target=Target.current(trt, device),
+            precision=NAMES.get(dtype, str(dtype)),
+            onnx=onnx,
         )
         self.shapes = BuildShapes.from_json(manifest["shapes"])
         self.profiles = profiles_from_json(manifest["profiles"])

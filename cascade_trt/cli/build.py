@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cascade_trt.errors import ConfigError
 from cascade_trt.stages import STAGE_NAMES, BatchRange, SizeRange
+
+if TYPE_CHECKING:
+    from cascade_trt.engines.profiles import BuildShapes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="auto: bf16 for the full Stage C (it overflows in fp16), fp16 elsewhere; must match the "
         "precision the graphs were exported in (TensorRT builds strongly typed networks)",
     )
-    p.add_argument("--min-size", type=int, default=512, help="smallest image side, px (multiple of 128)")
-    p.add_argument("--opt-size", type=int, default=1024, help="image side TensorRT tunes for, px")
-    p.add_argument("--max-size", type=int, default=1536, help="largest image side, px")
+    p.add_argument("--min-size", type=int, help="smallest image side, px (multiple of 128; default 512)")
+    p.add_argument("--opt-size", type=int, help="image side TensorRT tunes for, px (default 1024)")
+    p.add_argument("--max-size", type=int, help="largest image side, px (default 1536)")
     p.add_argument("--static", metavar="HxW", help="one fixed image size instead of a range, e.g. 1024x1024")
     p.add_argument(
         "--max-batch", type=int, default=4, help="most images per call, before guidance doubles it"
@@ -59,17 +63,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def build_shapes(args: argparse.Namespace):
+def build_shapes(args: argparse.Namespace) -> BuildShapes:
     """The `BuildShapes` the size and batch flags describe."""
     from cascade_trt.engines.profiles import BuildShapes
 
+    ranged = [args.min_size, args.opt_size, args.max_size]
     if args.static:
+        if any(v is not None for v in ranged):
+            raise ConfigError(
+                "--static gives one fixed size: drop --min-size/--opt-size/--max-size, or --static"
+            )
         m = re.fullmatch(r"(\d+)[xX](\d+)", args.static)
         if m is None:
             raise ConfigError(f"--static {args.static!r}: write it as HxW, e.g. 1024x1024")
         sizes = SizeRange.static(int(m.group(1)), int(m.group(2)))
     else:
-        sizes = SizeRange.square(args.min_size, args.opt_size, args.max_size)
+        lo, opt, hi = (v if v is not None else d for v, d in zip(ranged, (512, 1024, 1536), strict=True))
+        sizes = SizeRange.square(lo, max(lo, min(opt, hi)) if args.opt_size is None else opt, hi)
     batches = BatchRange(1, min(args.opt_batch, args.max_batch), args.max_batch)
     return BuildShapes(sizes, batches, guidance=not args.no_guidance)
 
