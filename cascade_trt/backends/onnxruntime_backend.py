@@ -55,7 +55,11 @@ class OnnxRuntimeRunner(StageRunner):
                 f"`cascade-trt export --stages {spec.name} --out {self.path.parent}`"
             )
         self.providers = _providers(ort, self.device, providers)
-        self.session = ort.InferenceSession(str(self.path), providers=self.providers)
+        options = ort.SessionOptions()
+        # Four sessions (one per stage) run one after another, each with its own intra-op pool: threads left
+        # spinning by one stage compete with the next stage's. Measured on 2 cores: 0.12 s vs 0.72 s a call.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         self._graph_inputs = {i.name: i for i in self.session.get_inputs()}
         self._graph_outputs = {o.name: o for o in self.session.get_outputs()}
         self._check_names()

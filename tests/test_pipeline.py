@@ -1,0 +1,414 @@
+"""CascadePipeline against diffusers' StableCascadeCombinedPipeline, on the torch and onnxruntime backends.
+
+The tiny checkpoints have fully random weights, and a random denoiser does not denoise: each DDPM step
+multiplies what the model fails to predict by up to sqrt(1/alpha) (~15 at t=1), so Stage B's latents end
+around ±600 and Stage A's decode of them is almost entirely clamped to 0 or 1, which would make an image
+comparison vacuous. The parity checkpoints therefore differ from the tiny ones in one number: the VQGAN's
+`scale_factor` (the multiplier diffusers applies to the latents before decoding, 0.3764 in the release) is
+0.002, which puts Stage A's input at unit scale and ~40% of the pixels strictly inside (0, 1). Every model
+weight, and everything the pipelines compute, is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cascade_trt import CascadePipeline
+from cascade_trt.errors import CheckpointError, ConfigError, NonFiniteOutputError, ShapeError
+
+PROMPTS = ["a photo of a cat", "an astronaut riding a horse"]
+NEGATIVES = ["blurry", "low quality, watermark"]
+HEIGHT, WIDTH = 256, 384  # non-square
+SCALE_FACTOR = 0.002
+BACKENDS = ["torch", "onnxruntime"]
+
+# (prior guidance, decoder guidance, negative prompt, prior steps, decoder steps)
+CASES = {
+    "prior-guided": (4.0, 0.0, NEGATIVES, 20, 10),
+    "both-guided": (4.0, 2.0, None, 6, 4),
+    "unguided": (1.0, 0.0, None, 6, 4),
+}
+
+
+@pytest.fixture(scope="module")
+def dirs(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("calibrated")
+    shutil.copytree(tiny_dir / "prior", root / "prior")
+    shutil.copytree(tiny_dir / "decoder", root / "decoder")
+    config_path = root / "decoder" / "vqgan" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["scale_factor"] = SCALE_FACTOR
+    config_path.write_text(json.dumps(config))
+    return root / "prior", root / "decoder"
+
+
+@pytest.fixture(scope="module")
+def reference(dirs):
+    """diffusers' combined pipeline, assembled from components loaded by subfolder (see FACTS.md)."""
+    from diffusers import DDPMWuerstchenScheduler, StableCascadeCombinedPipeline, StableCascadeUNet
+    from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    prior, decoder = dirs
+    tokenizer = CLIPTokenizer.from_pretrained(prior, subfolder="tokenizer")
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(prior, subfolder="text_encoder")
+    pipe = StableCascadeCombinedPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        decoder=StableCascadeUNet.from_pretrained(decoder, subfolder="decoder"),
+        scheduler=DDPMWuerstchenScheduler.from_pretrained(decoder, subfolder="scheduler"),
+        vqgan=PaellaVQModel.from_pretrained(decoder, subfolder="vqgan"),
+        prior_prior=StableCascadeUNet.from_pretrained(prior, subfolder="prior"),
+        prior_text_encoder=text_encoder,
+        prior_tokenizer=tokenizer,
+        prior_scheduler=DDPMWuerstchenScheduler.from_pretrained(prior, subfolder="scheduler"),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(dirs, tmp_path_factory) -> Path:
+    from cascade_trt.export import export_pipeline
+
+    out = tmp_path_factory.mktemp("onnx")
+    stages = ["text_encoder", "stage_c", "stage_b", "stage_a"]
+    export_pipeline(*dirs, out, precision="fp32", stages=stages, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipes(dirs, request) -> dict[str, CascadePipeline]:
+    """Built lazily per backend, so a torch-only selection never pays for the export."""
+
+    class Lazy(dict):
+        def __missing__(self, backend: str) -> CascadePipeline:
+            onnx = request.getfixturevalue("onnx_dir") if backend == "onnxruntime" else None
+            pipe = CascadePipeline.from_pretrained(*dirs, backend=backend, device="cpu", onnx_dir=onnx)
+            pipe.set_progress_bar_config(disable=True)
+            self[backend] = pipe
+            return pipe
+
+    return Lazy()
+
+
+def _kwargs(case: str, output_type: str = "np") -> dict:
+    prior_scale, decoder_scale, negative, prior_steps, decoder_steps = CASES[case]
+    return dict(
+        negative_prompt=negative,
+        height=HEIGHT,
+        width=WIDTH,
+        num_images_per_prompt=2,
+        prior_num_inference_steps=prior_steps,
+        prior_guidance_scale=prior_scale,
+        num_inference_steps=decoder_steps,
+        decoder_guidance_scale=decoder_scale,
+        output_type=output_type,
+    )
+
+
+_REFERENCE_CACHE: dict[tuple[str, str], np.ndarray | torch.Tensor] = {}
+
+
+def _reference_images(reference, case: str, output_type: str = "np"):
+    key = (case, output_type)
+    if key not in _REFERENCE_CACHE:
+        generator = torch.Generator().manual_seed(0)
+        _REFERENCE_CACHE[key] = reference(PROMPTS, generator=generator, **_kwargs(case, output_type)).images
+    return _REFERENCE_CACHE[key]
+
+
+def _assert_meaningful(images: np.ndarray) -> None:
+    inside = ((images > 0) & (images < 1)).mean()
+    assert inside > 0.25, (
+        f"only {inside:.1%} of the pixels are inside (0, 1): the comparison would be vacuous"
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_np_images_equal_diffusers(pipes, reference, backend, case):
+    expected = _reference_images(reference, case)
+    images = pipes[backend](PROMPTS, generator=torch.Generator().manual_seed(0), **_kwargs(case)).images
+    assert images.shape == (4, HEIGHT, WIDTH, 3) and images.dtype == np.float32
+    _assert_meaningful(expected)
+    diff = np.abs(images - expected).max()
+    assert diff <= 1e-4, f"{backend} {case}: max abs diff {diff:.2e}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_latent_and_pt_outputs_equal_diffusers(pipes, reference, backend):
+    pipe = pipes[backend]
+    latents = pipe(
+        PROMPTS, generator=torch.Generator().manual_seed(0), **_kwargs("both-guided", "latent")
+    ).images
+    expected = _reference_images(reference, "both-guided", "latent")
+    assert latents.shape == expected.shape == (4, 4, 64, 96)
+    relative = ((latents - expected).abs().max() / expected.abs().max()).item()
+    assert relative <= 1e-5, f"latents relative max diff {relative:.2e}"
+    images = pipe(PROMPTS, generator=torch.Generator().manual_seed(0), **_kwargs("both-guided", "pt")).images
+    expected_pt = _reference_images(reference, "both-guided", "pt")
+    assert isinstance(images, torch.Tensor) and images.shape == (4, 3, HEIGHT, WIDTH)
+    assert (images - expected_pt).abs().max().item() <= 1e-4
+
+
+def test_pil_output_and_return_dict(pipes, reference):
+    out = pipes["torch"]("a cat", height=128, width=128, prior_num_inference_steps=2, num_inference_steps=2)
+    assert len(out.images) == 1 and out.images[0].size == (128, 128) and out.images[0].mode == "RGB"
+    bare = pipes["torch"](
+        "a cat",
+        height=128,
+        width=128,
+        prior_num_inference_steps=2,
+        num_inference_steps=2,
+        output_type="np",
+        return_dict=False,
+    )
+    assert isinstance(bare, np.ndarray) and bare.shape == (1, 128, 128, 3)
+
+
+def _assembled_reference(reference, decoder_scale: float, steps: tuple[int, int]):
+    """diffusers' prior pipeline unguided, then its decoder pipeline guided with explicit negative embeddings:
+    what the combined pipeline would compute if it did not crash (it passes no negative embeddings)."""
+    generator = torch.Generator().manual_seed(0)
+    prior = reference.prior_pipe(
+        PROMPTS,
+        height=HEIGHT,
+        width=WIDTH,
+        num_inference_steps=steps[0],
+        guidance_scale=1.0,
+        num_images_per_prompt=2,
+        generator=generator,
+    )
+    _, _, negative, negative_pooled = reference.prior_pipe.encode_prompt(
+        device="cpu",
+        batch_size=2,
+        num_images_per_prompt=2,
+        do_classifier_free_guidance=True,
+        prompt=PROMPTS,
+    )
+    return reference.decoder_pipe(
+        image_embeddings=prior.image_embeddings,
+        prompt_embeds=prior.prompt_embeds,
+        prompt_embeds_pooled=prior.prompt_embeds_pooled,
+        negative_prompt_embeds=negative,
+        negative_prompt_embeds_pooled=negative_pooled,
+        num_inference_steps=steps[1],
+        guidance_scale=decoder_scale,
+        generator=generator,
+        output_type="np",
+    ).images
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decoder_guidance_without_prior_guidance_works(pipes, reference, backend):
+    kwargs = dict(_kwargs("unguided"), decoder_guidance_scale=3.0)
+    with pytest.raises(TypeError):  # diffusers: no negative embeddings to concatenate
+        reference(PROMPTS, generator=torch.Generator().manual_seed(0), **kwargs)
+    images = pipes[backend](PROMPTS, generator=torch.Generator().manual_seed(0), **kwargs).images
+    expected = _assembled_reference(reference, 3.0, (kwargs["prior_num_inference_steps"], 4))
+    _assert_meaningful(expected)
+    assert np.abs(images - expected).max() <= 1e-4
+
+
+def test_text_encoder_runs_once_per_call_for_both_stages(pipes):
+    pipe = pipes["torch"]
+    calls = []
+    hook = pipe.runners["text_encoder"].module.register_forward_hook(
+        lambda m, i, o: calls.append(i[0].shape[0])
+    )
+    try:
+        small = dict(
+            height=128, width=128, prior_num_inference_steps=2, num_inference_steps=2, output_type="latent"
+        )
+        pipe(PROMPTS, num_images_per_prompt=2, decoder_guidance_scale=2.0, **small)
+        assert calls == [2, 2]  # the prompts, then the negatives (as diffusers encodes them), for both stages
+        calls.clear()
+        pipe(PROMPTS, prior_guidance_scale=1.0, **small)
+        assert calls == [2]  # no stage guides: no negatives
+    finally:
+        hook.remove()
+
+
+def test_stage_methods_compose_to_call(pipes):
+    pipe = pipes["torch"]
+    emb = pipe.encode_prompt(PROMPTS, NEGATIVES, num_images_per_prompt=2)
+    assert emb.clip_text.shape == (4, 77, 32) and emb.negative_clip_text_pooled.shape == (4, 1, 32)
+    generator = torch.Generator().manual_seed(1)
+    effnet = pipe.run_stage_c(emb, 128, 256, num_inference_steps=3, guidance_scale=4.0, generator=generator)
+    assert effnet.shape == (4, 16, 3, 6)
+    latents = pipe.run_stage_b(emb, effnet, num_inference_steps=2, guidance_scale=0.0, generator=generator)
+    images = pipe.run_stage_a(latents)
+    assert images.shape == (4, 3, 128, 256) and images.min() >= 0 and images.max() <= 1
+    whole = pipe(
+        PROMPTS, NEGATIVES, 128, 256, 2, 3, 4.0, 2, 0.0, torch.Generator().manual_seed(1), output_type="pt"
+    ).images
+    assert torch.equal(whole, images)
+
+
+def test_long_prompts_are_truncated_with_a_warning(pipes, reference, caplog):
+    long_prompt = " ".join(["a very detailed painting of a cat"] * 20)
+    with caplog.at_level(logging.WARNING, logger="cascade_trt.pipeline"):
+        emb = pipes["torch"].encode_prompt(long_prompt, guidance=False)
+    assert "truncated" in caplog.text
+    expected, *_ = reference.prior_pipe.encode_prompt(
+        device="cpu",
+        batch_size=1,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=False,
+        prompt=long_prompt,
+    )
+    assert torch.equal(emb.clip_text, expected)
+
+
+def test_progress_bars_per_stage_can_be_turned_off(pipes, capsys):
+    pipe = pipes["torch"]
+    small = dict(
+        height=128, width=128, prior_num_inference_steps=2, num_inference_steps=2, output_type="latent"
+    )
+    pipe.set_progress_bar_config(disable=False)
+    try:
+        pipe("a cat", **small)
+    finally:
+        pipe.set_progress_bar_config(disable=True)
+    err = capsys.readouterr().err
+    assert "stage_c" in err and "stage_b" in err
+    pipe("a cat", **small)
+    assert "stage_c" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(height=200), ShapeError, "height=200"),
+        (dict(width=0), ShapeError, "width=0"),
+        (dict(num_images_per_prompt=0), ConfigError, "num_images_per_prompt"),
+        (dict(prior_num_inference_steps=0), ConfigError, "prior_num_inference_steps"),
+        (dict(num_inference_steps=2.5), ConfigError, "num_inference_steps"),
+        (dict(prior_guidance_scale=float("nan")), ConfigError, "prior_guidance_scale"),
+        (dict(negative_prompt=["a", "b", "c"]), ConfigError, "3 entries but prompt has 2"),
+        (dict(output_type="jpeg"), ConfigError, "output_type"),
+        (dict(generator=[torch.Generator()] * 3), ConfigError, "3 generators for 2 images"),
+    ],
+)
+def test_invalid_arguments_raise_typed_errors(pipes, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        pipes["torch"](PROMPTS, **kwargs)
+
+
+def test_prompt_must_be_text(pipes):
+    with pytest.raises(ConfigError, match="prompt must be"):
+        pipes["torch"]([])
+
+
+def test_unknown_backend_names_the_choices(dirs):
+    with pytest.raises(ConfigError, match="torch, onnxruntime, tensorrt"):
+        CascadePipeline.from_pretrained(*dirs, backend="tensorflow")
+
+
+def test_paths_that_are_not_a_prior_or_decoder(dirs, tmp_path):
+    prior, decoder = dirs
+    with pytest.raises(CheckpointError, match="swap"):
+        CascadePipeline.from_pretrained(decoder, prior)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        CascadePipeline.from_pretrained(tmp_path / "nothing-here", decoder)
+
+
+def test_onnxruntime_needs_its_directory(dirs):
+    with pytest.raises(ConfigError, match="onnx_dir"):
+        CascadePipeline.from_pretrained(*dirs, backend="onnxruntime")
+
+
+def test_nan_in_a_stage_is_named_with_the_fix(dirs):
+    from cascade_trt.checkpoints import load_components
+
+    components = load_components(*dirs)
+    with torch.no_grad():
+        next(components.stage_b.parameters()).fill_(float("nan"))
+    pipe = CascadePipeline.from_components(components, backend="torch", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(NonFiniteOutputError, match=r"stage_b .*bf16"):
+        pipe("a cat", height=128, width=128, prior_num_inference_steps=2, num_inference_steps=2)
+
+
+def test_generate_cli_writes_the_pipeline_image(dirs, pipes, tmp_path):
+    from PIL import Image
+
+    from cascade_trt.cli import main
+
+    out = tmp_path / "cat.png"
+    argv = ["generate", "a cat", "--prior", str(dirs[0]), "--decoder", str(dirs[1]), "--device", "cpu"]
+    argv += ["--seed", "3", "--out", str(out), "--height", "128", "--width", "256", "--prior-steps", "3"]
+    argv += ["--decoder-steps", "2", "--decoder-guidance", "2.0", "--negative-prompt", "dog", "--no-progress"]
+    assert main(argv) == 0
+    expected = pipes["torch"](
+        "a cat",
+        negative_prompt="dog",
+        height=128,
+        width=256,
+        prior_num_inference_steps=3,
+        num_inference_steps=2,
+        decoder_guidance_scale=2.0,
+        generator=torch.Generator().manual_seed(3),
+    ).images[0]
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+    assert main([*argv, "--height", "100"]) == 2  # typed error -> exit status 2, no traceback
+
+
+def _fixed_stage_a_graph(path: Path, elem_type: int) -> None:
+    """A real ONNX graph with Stage A's IO names, fixed at one shape (batch 1, 128x128 px), plus a manifest."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cascade_trt.artifacts import write_json
+
+    dtype = np.float16 if elem_type == TensorProto.FLOAT16 else np.float32
+    weight = numpy_helper.from_array(np.full((48, 4, 1, 1), 0.01, dtype=dtype), "weight")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["latents", "weight"], ["features"]),
+            helper.make_node("DepthToSpace", ["features"], ["images"], blocksize=4),
+        ],
+        "stage_a_fixed",
+        [helper.make_tensor_value_info("latents", elem_type, [1, 4, 32, 32])],
+        [helper.make_tensor_value_info("images", elem_type, [1, 3, 128, 128])],
+        initializer=[weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    write_json(path.with_suffix(".json"), {"stage": "stage_a", "precision": "fixed-shape test graph"})
+
+
+def test_onnxruntime_refuses_shapes_and_precisions_a_graph_cannot_take(tmp_path):
+    from onnx import TensorProto
+
+    from cascade_trt.backends.onnxruntime_backend import OnnxRuntimeRunner
+    from cascade_trt.configs import TINY
+    from cascade_trt.errors import ArtifactMismatchError, PrecisionError
+    from cascade_trt.stages import stage_specs
+
+    spec = stage_specs(TINY)["stage_a"]
+    _fixed_stage_a_graph(tmp_path / "stage_a.onnx", TensorProto.FLOAT)
+    runner = OnnxRuntimeRunner(spec, tmp_path / "stage_a.onnx", dtype=torch.float32, device="cpu")
+    images = runner(latents=torch.ones(1, 4, 32, 32))["images"]  # the shape it was made for runs
+    assert images.shape == (1, 3, 128, 128) and torch.allclose(images, torch.full_like(images, 0.04))
+    with pytest.raises(ShapeError, match=r"asked \[1, 4, 64, 32\]"):
+        runner.allocate(1, 256, 128)
+    with pytest.raises(ShapeError, match="batch 2"):
+        runner.allocate(2, 128, 128)
+
+    half = tmp_path / "half"
+    half.mkdir()
+    _fixed_stage_a_graph(half / "stage_a.onnx", TensorProto.FLOAT16)
+    with pytest.raises(PrecisionError, match="float16|fp16"):
+        OnnxRuntimeRunner(spec, half / "stage_a.onnx", dtype=torch.float32, device="cpu")
+
+    (half / "stage_a.json").unlink()
+    with pytest.raises(ArtifactMismatchError, match="manifest"):
+        OnnxRuntimeRunner(spec, half / "stage_a.onnx", dtype=torch.float32, device="cpu")
