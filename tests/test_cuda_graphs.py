@@ -1,0 +1,88 @@
+"""Whole-step CUDA graphs: the captured loop equals the uncaptured one, is cached per shape, and never syncs.
+
+GPU only (the `gpu` marker skips these without CUDA); on CPU the same step runs uncaptured and
+tests/test_loop.py checks it against a plain per-step loop.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cascade_trt import CascadePipeline
+from cascade_trt.checkpoints import random_components
+from cascade_trt.configs import TINY
+
+pytestmark = pytest.mark.gpu
+
+PROMPTS = ["a photo of a cat", "a dog"]
+CALL = dict(
+    height=256, width=384, num_images_per_prompt=2, prior_num_inference_steps=6, num_inference_steps=4
+)
+
+
+@pytest.fixture(scope="module")
+def components():
+    return random_components(TINY, device="cuda", seed=1)
+
+
+def _pipe(components, cuda_graphs: bool, precision: str = "fp32") -> CascadePipeline:
+    pipe = CascadePipeline.from_components(
+        components, backend="torch", device="cuda", precision=precision, cuda_graphs=cuda_graphs
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _latents(pipe: CascadePipeline, **overrides) -> torch.Tensor:
+    kwargs = {**CALL, "prior_guidance_scale": 4.0, "decoder_guidance_scale": 2.0, **overrides}
+    return pipe(PROMPTS, generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs).images
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_captured_loop_equals_uncaptured(components, precision):
+    captured, eager = _pipe(components, True, precision), _pipe(components, False, precision)
+    a, b = _latents(captured), _latents(eager)
+    assert len(captured.graphs) == 2 and len(eager.graphs) == 0
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    assert ("stage_c", 4, 256, 384, dtype, True) in captured.graphs
+    assert torch.isfinite(a).all()
+    scale = b.abs().max().item()
+    assert (a.float() - b.float()).abs().max().item() <= 1e-6 * max(scale, 1.0), "replay differs from eager"
+
+
+def test_graphs_are_reused_across_calls_and_guidance_scales(components):
+    captured, eager = _pipe(components, True), _pipe(components, False)
+    _latents(captured)
+    graphs = {key: captured.graphs.get(key) for key in captured.graphs}
+    # Another guidance scale (still guided) and fewer steps: the same graphs, replayed.
+    a = _latents(captured, prior_guidance_scale=6.5, prior_num_inference_steps=3)
+    assert {key: captured.graphs.get(key) for key in graphs} == graphs
+    b = _latents(eager, prior_guidance_scale=6.5, prior_num_inference_steps=3)
+    assert torch.allclose(a, b, rtol=0, atol=1e-6 * b.abs().max().item())
+    # More steps than the tables hold: reallocated, recaptured, still equal.
+    a = _latents(captured, num_inference_steps=7)
+    b = _latents(eager, num_inference_steps=7)
+    assert torch.allclose(a, b, rtol=0, atol=1e-6 * b.abs().max().item())
+    # Another size: new entries beside the old ones.
+    _latents(captured, height=128, width=128)
+    assert len(captured.graphs) == 4
+
+
+def test_neither_the_step_nor_its_replay_syncs_with_the_host(components):
+    pipe = _pipe(components, True)
+    _latents(pipe)
+    loop = next(loop for key, loop in pipe.denoiser._loops.items() if key[0] == "stage_b")
+    key = next(key for key in pipe.graphs if key[0] == "stage_b")
+    graph = pipe.graphs.get(key)
+    loop.index.zero_()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            graph.replay()
+        loop.step()  # the uncaptured step too
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert loop.index.item() == 4
