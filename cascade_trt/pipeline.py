@@ -166,40 +166,19 @@ class CascadePipeline:
         cuda_graphs: bool = True,
         schedulers: dict[str, SchedulerConfig] | None = None,
     ) -> CascadePipeline:
-        """Build on already-loaded (or random-weight) components. Modules are cast to the policy's dtypes."""
-        from cascade_trt.modules import stage_module
+        """Build on already-loaded (or random-weight) components.
 
-        backend_module(backend)
+        The torch backend casts the modules in place to the policy's dtypes (`nn.Module.to`, no copy: a 3.6B
+        Stage C is never held twice); the other backends use only the tokenizer and config of `components`.
+        """
+        backend_module(backend)  # unknown backend: ConfigError naming the choices
         if components.tokenizer is None:
             raise ConfigError("components have no tokenizer: load them with the text_encoder stage")
         device = torch.device(device)
         policy = PrecisionPolicy.resolve(components.config, precision, device=device, target=backend)
-        artifact_dir = engine_dir if backend == "tensorrt" else onnx_dir
-        if backend not in RUNS_MODULES and artifact_dir is None:
-            flag = "engine_dir" if backend == "tensorrt" else "onnx_dir"
-            raise ConfigError(f"the {backend} backend runs files from disk: pass {flag}=<directory>")
-        specs = stage_specs(components.config)
         dtypes = {stage: policy.dtype(stage) for stage in PIPELINE_STAGES}
-        module = backend_module(backend)
-        if backend == "tensorrt" and hasattr(module, "load_runners"):
-            # One activation buffer shared by every engine's context: the backend's own loader sets that up.
-            stages = {stage: specs[stage] for stage in PIPELINE_STAGES}
-            runners = module.load_runners(stages, engine_dir, device, dtypes=dtypes, onnx_dir=onnx_dir)
-        else:
-            runners = {}
-            for stage in PIPELINE_STAGES:
-                options: dict[str, Any] = {
-                    "providers": providers,
-                    "compile": compile,
-                    "artifact_dir": artifact_dir,
-                    "onnx_dir": onnx_dir,
-                    "engine_dir": engine_dir,
-                }
-                if backend in RUNS_MODULES:
-                    options["module"] = stage_module(components, stage).to(device=device, dtype=dtypes[stage])
-                runners[stage] = create_runner(
-                    backend, specs[stage], dtype=dtypes[stage], device=device, **options
-                )
+        options = {"providers": providers, "compile": compile, "onnx_dir": onnx_dir, "engine_dir": engine_dir}
+        runners = _build_runners(components, backend, device, dtypes, options)
         return cls(
             components.config,
             components.tokenizer,
@@ -482,3 +461,31 @@ def _convert(images: torch.Tensor, output_type: str) -> Any:
     from diffusers.utils import numpy_to_pil
 
     return numpy_to_pil(array)
+
+
+def _build_runners(
+    components: CascadeComponents,
+    backend: str,
+    device: torch.device,
+    dtypes: dict[str, torch.dtype],
+    options: dict[str, Any],
+) -> dict[str, StageRunner]:
+    """One runner per pipeline stage: modules for torch, `onnx_dir` / `engine_dir` files for the others."""
+    from cascade_trt.modules import stage_module
+
+    specs = {stage: stage_specs(components.config)[stage] for stage in PIPELINE_STAGES}
+    artifact_dir = options["engine_dir"] if backend == "tensorrt" else options["onnx_dir"]
+    if backend not in RUNS_MODULES and artifact_dir is None:
+        flag = "engine_dir" if backend == "tensorrt" else "onnx_dir"
+        raise ConfigError(f"the {backend} backend runs files from disk: pass {flag}=<directory>")
+    module = backend_module(backend)
+    if backend == "tensorrt" and hasattr(module, "load_runners"):
+        # One activation buffer shared by every engine's context: the backend's own loader sets that up.
+        return module.load_runners(specs, artifact_dir, device, dtypes=dtypes, onnx_dir=options["onnx_dir"])
+    runners = {}
+    for stage, spec in specs.items():
+        extra: dict[str, Any] = {"artifact_dir": artifact_dir}
+        if backend in RUNS_MODULES:
+            extra["module"] = stage_module(components, stage).to(device=device, dtype=dtypes[stage])
+        runners[stage] = create_runner(backend, spec, dtype=dtypes[stage], device=device, **options, **extra)
+    return runners

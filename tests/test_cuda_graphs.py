@@ -21,12 +21,9 @@ CALL = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def components():
-    return random_components(TINY, device="cuda", seed=1)
-
-
-def _pipe(components, cuda_graphs: bool, precision: str = "fp32") -> CascadePipeline:
+def _pipe(cuda_graphs: bool, precision: str = "fp32") -> CascadePipeline:
+    # Fresh components per pipeline: the torch backend casts modules in place to the requested precision.
+    components = random_components(TINY, device="cuda", seed=1)
     pipe = CascadePipeline.from_components(
         components, backend="torch", device="cuda", precision=precision, cuda_graphs=cuda_graphs
     )
@@ -40,8 +37,8 @@ def _latents(pipe: CascadePipeline, **overrides) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_captured_loop_equals_uncaptured(components, precision):
-    captured, eager = _pipe(components, True, precision), _pipe(components, False, precision)
+def test_captured_loop_equals_uncaptured(precision):
+    captured, eager = _pipe(True, precision), _pipe(False, precision)
     a, b = _latents(captured), _latents(eager)
     assert len(captured.graphs) == 2 and len(eager.graphs) == 0
     dtype = torch.float32 if precision == "fp32" else torch.bfloat16
@@ -51,8 +48,8 @@ def test_captured_loop_equals_uncaptured(components, precision):
     assert (a.float() - b.float()).abs().max().item() <= 1e-6 * max(scale, 1.0), "replay differs from eager"
 
 
-def test_graphs_are_reused_across_calls_and_guidance_scales(components):
-    captured, eager = _pipe(components, True), _pipe(components, False)
+def test_graphs_are_reused_across_calls_and_guidance_scales():
+    captured, eager = _pipe(True), _pipe(False)
     _latents(captured)
     graphs = {key: captured.graphs.get(key) for key in captured.graphs}
     # Another guidance scale (still guided) and fewer steps: the same graphs, replayed.
@@ -69,8 +66,8 @@ def test_graphs_are_reused_across_calls_and_guidance_scales(components):
     assert len(captured.graphs) == 4
 
 
-def test_neither_the_step_nor_its_replay_syncs_with_the_host(components):
-    pipe = _pipe(components, True)
+def test_neither_the_step_nor_its_replay_syncs_with_the_host():
+    pipe = _pipe(True)
     _latents(pipe)
     loop = next(loop for key, loop in pipe.denoiser._loops.items() if key[0] == "stage_b")
     key = next(key for key in pipe.graphs if key[0] == "stage_b")
