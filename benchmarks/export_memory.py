@@ -59,9 +59,17 @@ def run_stage(preset: str, stage: str, precision: str, out_dir: Path) -> dict[st
         "total_s": round(done - start, 1),
         "peak_rss_after_build_gb": round(rss_built / 1e9, 2),
         "peak_rss_gb": round(_peak_rss_bytes() / 1e9, 2),
+        "peak_rss_gib": round(_peak_rss_bytes() / 2**30, 2),
+        # CPU seconds (user + system): on a shared machine, wall time depends on the others' load; this does not.
+        "cpu_s": round(_cpu_seconds(), 1),
         "onnx_bytes": path.stat().st_size,
         "data_bytes": data.stat().st_size if data.exists() else 0,
     }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _peak_rss_bytes() -> int:
@@ -126,13 +134,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
-    rows = ["| preset | stage | precision | params | build s | export s | total s | peak RSS GB | files GB |"]
-    rows.append("|---|---|---|---|---|---|---|---|---|")
+    rows = [
+        "| preset | stage | precision | params | build s | export s | total s | CPU s | peak RSS GB | files GB |"
+    ]
+    rows.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         files = (r["onnx_bytes"] + r["data_bytes"]) / 1e9
         rows.append(
             f"| {r['preset']} | {r['stage']} | {r['precision']} | {r['params'] / 1e9:.3f}B | {r['build_s']} "
-            f"| {r['export_s']} | {r['total_s']} | {r['peak_rss_gb']} | {files:.2f} |"
+            f"| {r['export_s']} | {r['total_s']} | {r.get('cpu_s', '')} | {r['peak_rss_gb']} | {files:.2f} |"
         )
     return "\n".join(rows)
 

@@ -18,7 +18,7 @@ from cascade_trt.checkpoints import load_components, read_component_config, reso
 from cascade_trt.configs import CascadeConfig
 from cascade_trt.modules import stage_module
 from cascade_trt.precision import PrecisionPolicy
-from cascade_trt.stages import select_stages
+from cascade_trt.stages import StageSpec, select_stages
 
 from .onnx_export import export_stage
 
@@ -46,6 +46,7 @@ def export_pipeline(
     fp32). Returns {stage: onnx path}.
     """
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     prior_dir = resolve_pipeline_dir(prior, "prior", subfolder=prior_subfolder)
     decoder_dir = resolve_pipeline_dir(decoder, "decoder", subfolder=decoder_subfolder)
@@ -54,47 +55,62 @@ def export_pipeline(
     )
     specs = select_stages(config, stages)
     policy = PrecisionPolicy.resolve(config, precision, device=device, target="onnx")
+    loader = {
+        "prior": prior_dir,
+        "decoder": decoder_dir,
+        "prior_subfolder": prior_subfolder,
+        "decoder_subfolder": decoder_subfolder,
+        "device": device,
+    }
     origins = {
-        "text_encoder": ("prior", prior, prior_dir, "text_encoder"),
-        "image_encoder": ("prior", prior, prior_dir, "image_encoder"),
-        "stage_c": ("prior", prior, prior_dir, prior_subfolder),
-        "stage_b": ("decoder", decoder, decoder_dir, decoder_subfolder),
-        "stage_a": ("decoder", decoder, decoder_dir, "vqgan"),
+        "text_encoder": ("prior", prior, "text_encoder"),
+        "image_encoder": ("prior", prior, "image_encoder"),
+        "stage_c": ("prior", prior, prior_subfolder),
+        "stage_b": ("decoder", decoder, decoder_subfolder),
+        "stage_a": ("decoder", decoder, "vqgan"),
     }
     written: dict[str, Path] = {}
     bar = tqdm(list(specs.items()), desc="export", unit="stage", disable=not progress)
-    for name, spec in bar:
-        bar.set_postfix_str(name)
-        start = time.monotonic()
-        components = load_components(
-            prior_dir,
-            decoder_dir,
-            stages=(name,),
-            dtypes={name: policy.dtype(name)},
-            device=device,
-            prior_subfolder=prior_subfolder,
-            decoder_subfolder=decoder_subfolder,
-        )
-        kind, given, directory, subfolder = origins[name]
-        metadata = {
-            "source": _source(kind, given, directory, subfolder),
-            "cascade": config.name,
-            "export_device": str(device),
-        }
-        written[name] = export_stage(
-            stage_module(components, name),
-            spec,
-            onnx_path(out_dir, name),
-            dtype=policy.dtype(name),
-            opset=opset,
-            metadata=metadata,
-        )
-        del components
-        gc.collect()  # release this stage's weights before the next one loads
-        log.info(
-            "%s: %s exported to %s in %.1f s", name, policy[name], written[name], time.monotonic() - start
-        )
+    with logging_redirect_tqdm():  # per-stage log lines print above the bar, not through it
+        for name, spec in bar:
+            bar.set_postfix_str(name)
+            start = time.monotonic()
+            kind, given, subfolder = origins[name]
+            metadata = {
+                "source": _source(kind, given, loader[kind], subfolder),
+                "cascade": config.name,
+                "export_device": str(device),
+            }
+            written[name] = _export_one(spec, loader, policy, onnx_path(out_dir, name), opset, metadata)
+            log.info(
+                "%s: %s, exported to %s in %.1f s",
+                name,
+                policy[name],
+                written[name],
+                time.monotonic() - start,
+            )
     return written
+
+
+def _export_one(
+    spec: StageSpec,
+    loader: dict[str, Any],
+    policy: PrecisionPolicy,
+    out_path: Path,
+    opset: int | None,
+    metadata: dict[str, Any],
+) -> Path:
+    """Load one stage in its export dtype, export it, and let its weights go before the next stage loads."""
+    components = load_components(
+        loader["prior"], loader["decoder"], stages=(spec.name,), dtypes={spec.name: policy.dtype(spec.name)},
+        device=loader["device"], prior_subfolder=loader["prior_subfolder"],
+        decoder_subfolder=loader["decoder_subfolder"],
+    )  # fmt: skip
+    module = stage_module(components, spec.name)
+    path = export_stage(module, spec, out_path, dtype=policy.dtype(spec.name), opset=opset, metadata=metadata)
+    del components, module
+    gc.collect()
+    return path
 
 
 def _source(kind: str, given: str | Path, directory: Path, subfolder: str) -> dict[str, Any]:
