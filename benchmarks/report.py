@@ -114,6 +114,7 @@ def header(doc: dict[str, Any]) -> list[str]:
 
 def markdown(doc: dict[str, Any], chart: str | None = None) -> str:
     lines = header(doc)
+    lines += ["", *summary(doc)]
     for shape, records in _by_shape(doc["records"]).items():
         h, w, b = shape
         lines += ["", f"## {h}×{w}, batch {b}", "", *_latency_table(records), ""]
@@ -134,6 +135,29 @@ def markdown(doc: dict[str, Any], chart: str | None = None) -> str:
     if chart:
         lines += ["", f"![per-stage breakdown]({chart})"]
     return "\n".join(lines) + "\n"
+
+
+def summary(doc: dict[str, Any]) -> list[str]:
+    """The headline: end-to-end median and speed-up over the baseline, one row per backend, one column per shape."""
+    groups = _by_shape(doc["records"])
+    backends = list(dict.fromkeys(r["backend"] for r in doc["records"]))
+    if not groups:
+        return ["No backend produced a result."]
+    cols = ["end to end, ms (speed-up)", *(f"{h}×{w} b{b}" for h, w, b in groups)]
+    rows = [_row(cols), _row(["---"] * len(cols))]
+    for name in backends:
+        cells = [f"`{name}`"]
+        for records in groups.values():
+            r = next((x for x in records if x["backend"] == name), None)
+            if r is None:
+                cells.append("–")
+                continue
+            ratio = r.get("speedup_vs_baseline", {}).get("end_to_end")
+            cells.append(
+                fmt_ms(r["timings_s"]["end_to_end"]["median"]) + (f" ({ratio:.2f}×)" if ratio else "")
+            )
+        rows.append(_row(cells))
+    return rows
 
 
 def _by_shape(records: list[dict[str, Any]]) -> dict[tuple[int, int, int], list[dict[str, Any]]]:
