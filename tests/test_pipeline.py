@@ -31,7 +31,7 @@ BACKENDS = ["torch", "onnxruntime"]
 
 # (prior guidance, decoder guidance, negative prompt, prior steps, decoder steps)
 CASES = {
-    "prior-guided": (4.0, 0.0, NEGATIVES, 20, 10),
+    "prior-guided": (4.0, 0.0, NEGATIVES, 10, 5),
     "both-guided": (4.0, 2.0, None, 6, 4),
     "unguided": (1.0, 0.0, None, 6, 4),
 }
@@ -157,6 +157,20 @@ def test_latent_and_pt_outputs_equal_diffusers(pipes, reference, backend):
     expected_pt = _reference_images(reference, "both-guided", "pt")
     assert isinstance(images, torch.Tensor) and images.shape == (4, 3, HEIGHT, WIDTH)
     assert (images - expected_pt).abs().max().item() <= 1e-4
+
+
+def test_one_generator_per_image_as_diffusers(pipes, reference):
+    kwargs = dict(
+        _kwargs("both-guided"), height=128, width=128, prior_num_inference_steps=3, num_inference_steps=2
+    )
+
+    def generators() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(seed) for seed in (5, 6, 7, 8)]
+
+    expected = reference(PROMPTS, generator=generators(), **kwargs).images
+    images = pipes["torch"](PROMPTS, generator=generators(), **kwargs).images
+    assert np.abs(images - expected).max() <= 1e-4
+    assert np.abs(images[0] - images[1]).max() > 1e-3  # the per-image generators really differ
 
 
 def test_pil_output_and_return_dict(pipes, reference):
