@@ -53,14 +53,16 @@ class PromptEmbeddings:
     def batch(self) -> int:
         return self.clip_text.shape[0]
 
-    def guided(self, name: str, stage: str) -> torch.Tensor:
-        """[conditional; unconditional] of one embedding, the batch order diffusers uses under guidance."""
-        negative = getattr(self, f"negative_{name}")
-        if negative is None:
+    def conditioning(self, names: tuple[str, ...], guided: bool, stage: str) -> dict[str, torch.Tensor]:
+        """The named embeddings at the model's batch: [conditional; unconditional] under guidance (diffusers'
+        order), the conditional half alone without."""
+        if not guided:
+            return {name: getattr(self, name) for name in names}
+        if self.negative_clip_text is None or self.negative_clip_text_pooled is None:
             raise ConfigError(
                 f"{stage} guides but the embeddings have no negative half: call encode_prompt(..., guidance=True)"
             )
-        return torch.cat([getattr(self, name), negative])
+        return {name: torch.cat([getattr(self, name), getattr(self, f"negative_{name}")]) for name in names}
 
 
 class CascadePipeline:
@@ -240,29 +242,13 @@ class CascadePipeline:
         runner = self.runners["stage_c"]
         batch = embeddings.batch
         guided = guidance_scale > 1
-        if guided:
-            conditioning = {
-                "clip_text_pooled": embeddings.guided("clip_text_pooled", "stage_c"),
-                "clip_text": embeddings.guided("clip_text", "stage_c"),
-            }
-        else:
-            conditioning = {
-                "clip_text_pooled": embeddings.clip_text_pooled,
-                "clip_text": embeddings.clip_text,
-            }
+        conditioning = embeddings.conditioning(("clip_text_pooled", "clip_text"), guided, "stage_c")
         # No image prompt: diffusers conditions both halves on zero image embeddings.
         clip_img = runner.spec.tensor("clip_img").shape[1:]  # (1, C): fixed sizes
         conditioning["clip_img"] = torch.zeros((2 * batch if guided else batch, *clip_img))
-        run = StageRun(
-            batch,
-            height,
-            width,
-            num_inference_steps,
-            guidance_scale,
-            conditioning,
-            _check_generator(generator, batch),
-            self.schedulers["stage_c"],
-        )
+        generator = _check_generator(generator, batch)
+        run = StageRun(batch, height, width, num_inference_steps, guidance_scale, conditioning, generator)
+        run.scheduler = self.schedulers["stage_c"]
         return self._checked("stage_c", self.denoiser(runner, run, self._progress_bar))
 
     @torch.no_grad()
@@ -283,23 +269,13 @@ class CascadePipeline:
             raise ShapeError(
                 f"effnet has batch {batch} but the embeddings {embeddings.batch}: use the same call's"
             )
-        if guidance_scale > 1:
-            conditioning = {
-                "clip_text_pooled": embeddings.guided("clip_text_pooled", "stage_b"),
-                "effnet": torch.cat([effnet, torch.zeros_like(effnet)]),  # unconditional effnet is zeros
-            }
-        else:
-            conditioning = {"clip_text_pooled": embeddings.clip_text_pooled, "effnet": effnet}
-        run = StageRun(
-            batch,
-            height,
-            width,
-            num_inference_steps,
-            guidance_scale,
-            conditioning,
-            _check_generator(generator, batch),
-            self.schedulers["stage_b"],
-        )
+        guided = guidance_scale > 1
+        conditioning = embeddings.conditioning(("clip_text_pooled",), guided, "stage_b")
+        # The unconditional half of effnet is zeros, as in diffusers' decoder.
+        conditioning["effnet"] = torch.cat([effnet, torch.zeros_like(effnet)]) if guided else effnet
+        generator = _check_generator(generator, batch)
+        run = StageRun(batch, height, width, num_inference_steps, guidance_scale, conditioning, generator)
+        run.scheduler = self.schedulers["stage_b"]
         return self._checked("stage_b", self.denoiser(self.runners["stage_b"], run, self._progress_bar))
 
     @torch.no_grad()
