@@ -16,38 +16,44 @@ from cascade_trt.modules import stage_module
 from cascade_trt.stages import stage_specs
 
 HEIGHT, WIDTH = 128, 256
+STAGES = ("stage_c", "stage_b")
+
+
+def _runners(dtype: torch.dtype) -> dict[str, TorchRunner]:
+    parts = random_components(
+        TINY, stages=("stage_c", "stage_b"), seed=3, dtypes=dict.fromkeys(STAGES, dtype)
+    )
+    specs = stage_specs(TINY)
+    return {s: TorchRunner(specs[s], stage_module(parts, s), dtype=dtype, device="cpu") for s in STAGES}
 
 
 @pytest.fixture(scope="module")
 def runners() -> dict[str, TorchRunner]:
-    parts = random_components(TINY, stages=("stage_c", "stage_b"), seed=3)
-    specs = stage_specs(TINY)
-    return {
-        s: TorchRunner(specs[s], stage_module(parts, s), dtype=torch.float32, device="cpu")
-        for s in ("stage_c", "stage_b")
-    }
+    return _runners(torch.float32)
 
 
-def _conditioning(stage: str, model_batch: int) -> dict[str, torch.Tensor]:
+def _conditioning(
+    stage: str, model_batch: int, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(11)
     shapes = stage_specs(TINY)[stage].shapes(model_batch, HEIGHT, WIDTH)
     names = {
         "stage_c": ("clip_text_pooled", "clip_text", "clip_img"),
         "stage_b": ("clip_text_pooled", "effnet"),
     }
-    return {n: torch.randn(shapes[n], generator=gen) for n in names[stage]}
+    return {n: torch.randn(shapes[n], generator=gen).to(dtype) for n in names[stage]}
 
 
 def _plain_loop(runner, batch, conditioning, steps, guidance, seed):
     """diffusers' loop, written out: noise drawn inside each scheduler step, model called with cat'd halves."""
     gen = torch.Generator().manual_seed(seed)
     shape = runner.spec.shapes(batch, HEIGHT, WIDTH)["sample"]
-    latents = torch.randn(shape, generator=gen)
+    latents = torch.randn(shape, generator=gen, dtype=runner.dtype)
     scheduler = DDPMWuerstchenScheduler()
     scheduler.set_timesteps(steps)
     guided = guidance > 1
     for t in scheduler.timesteps[:-1]:
-        ratio = t.expand(batch)
+        ratio = t.expand(batch).to(runner.dtype)
         inputs = {"sample": torch.cat([latents] * 2) if guided else latents}
         inputs["timestep_ratio"] = torch.cat([ratio] * 2) if guided else ratio
         with torch.no_grad():
@@ -72,6 +78,17 @@ def test_device_indexed_loop_equals_plain_loop(runners, stage, guidance, steps):
     reference = _plain_loop(runners[stage], batch, conditioning, steps, guidance, seed=5)
     assert ours.shape == reference.shape
     assert torch.equal(ours, reference), f"max diff {(ours - reference).abs().max().item()}"
+
+
+def test_device_indexed_loop_equals_plain_loop_in_bf16():
+    """bf16 model, a guidance scale bf16 cannot hold (7.3): the fp32 lerp with a tensor weight is exact."""
+    runner = _runners(torch.bfloat16)["stage_c"]
+    conditioning = _conditioning("stage_c", 2, torch.bfloat16)
+    run = StageRun(1, HEIGHT, WIDTH, 3, 7.3, conditioning, torch.Generator().manual_seed(5))
+    ours = Denoiser(GraphCache("cpu"))(runner, run)
+    reference = _plain_loop(runner, 1, conditioning, 3, 7.3, seed=5)
+    assert ours.dtype == torch.bfloat16
+    assert torch.equal(ours, reference), f"max diff {(ours.float() - reference.float()).abs().max().item()}"
 
 
 class _OpRecorder(TorchDispatchMode):
