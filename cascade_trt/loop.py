@@ -162,6 +162,10 @@ class Denoiser:
                 step()
         return loop.latents.clone()
 
+    def clear(self) -> None:
+        """Forget every loop's buffers (drop the graphs that point at them too: `GraphCache.clear`)."""
+        self._loops.clear()
+
     def _loop(self, runner: StageRunner, run: StageRun) -> tuple[StageLoop, GraphKey]:
         key = (runner.spec.name, run.batch, run.height, run.width, runner.dtype, run.guided)
         loop = self._loops.get(key)

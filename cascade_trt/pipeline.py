@@ -191,6 +191,13 @@ class CascadePipeline:
             backend=backend,
         )
 
+    def clear_caches(self) -> None:
+        """Release every shape's static buffers and captured graphs (a benchmark sweeping many sizes keeps
+        one set per shape otherwise); the next call allocates and captures again."""
+        self.denoiser.clear()
+        self.graphs.clear()
+        self._bindings.clear()
+
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """tqdm options for the per-stage progress bars (`disable=True` turns them off), as in diffusers."""
         self._progress = dict(kwargs)

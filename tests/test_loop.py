@@ -140,6 +140,8 @@ def test_loops_are_kept_per_shape_and_reused(runners):
     )
     denoiser(runner, run_guided)
     assert len(denoiser._loops) == 2  # guidance doubles the model batch: its own loop
+    denoiser.clear()
+    assert not denoiser._loops and torch.equal(run(4, 0), first)
 
 
 def test_cpu_runs_uncaptured_and_conditioning_names_are_checked(runners):

@@ -265,6 +265,12 @@ def test_stage_methods_compose_to_call(pipes):
         PROMPTS, NEGATIVES, 128, 256, 2, 3, 4.0, 2, 0.0, torch.Generator().manual_seed(1), output_type="pt"
     ).images
     assert torch.equal(whole, images)
+    pipe.clear_caches()  # buffers released: the next call allocates afresh and computes the same
+    assert not pipe.denoiser._loops and not pipe._bindings
+    again = pipe(
+        PROMPTS, NEGATIVES, 128, 256, 2, 3, 4.0, 2, 0.0, torch.Generator().manual_seed(1), output_type="pt"
+    ).images
+    assert torch.equal(again, images)
 
 
 def test_long_prompts_are_truncated_with_a_warning(pipes, reference, caplog):
