@@ -320,6 +320,14 @@ class CascadePipeline:
         _check_scale("prior_guidance_scale", prior_guidance_scale)
         _check_scale("decoder_guidance_scale", decoder_guidance_scale)
         guidance = prior_guidance_scale > 1 or decoder_guidance_scale > 1
+        prompts, _ = _prompt_lists(prompt, negative_prompt)
+        _check_count("num_images_per_prompt", num_images_per_prompt)
+        images = len(prompts) * num_images_per_prompt
+        # Every stage's shape, checked before any runs: an engine built for smaller images fails here, not
+        # after Stage C has spent its time.
+        self._check_shapes(
+            len(prompts), images, height, width, prior_guidance_scale > 1, decoder_guidance_scale > 1
+        )
         emb = self.encode_prompt(prompt, negative_prompt, num_images_per_prompt, guidance=guidance)
         effnet = self.run_stage_c(
             emb, height, width, prior_num_inference_steps, prior_guidance_scale, generator
@@ -378,6 +386,18 @@ class CascadePipeline:
         if latent_sizes(self.config, height, width)[stage] != tuple(latents.shape[2:]):
             raise bad
         return height, width
+
+    def _check_shapes(
+        self, prompts: int, images: int, height: int, width: int, guided_c: bool, guided_b: bool
+    ) -> None:
+        batches = {
+            "text_encoder": (prompts, SIZE_UNIT, SIZE_UNIT),
+            "stage_c": (2 * images if guided_c else images, height, width),
+            "stage_b": (2 * images if guided_b else images, height, width),
+            "stage_a": (images, height, width),
+        }
+        for stage, (batch, h, w) in batches.items():
+            self.runners[stage].check_shape(batch, h, w)
 
     def _checked(self, stage: str, output: torch.Tensor) -> torch.Tensor:
         """One host sync per stage (never per step): refuse NaN/inf with the usual cause and fix."""

@@ -432,3 +432,16 @@ def test_onnxruntime_refuses_shapes_and_precisions_a_graph_cannot_take(tmp_path)
     (half / "stage_a.json").unlink()
     with pytest.raises(ArtifactMismatchError, match="manifest"):
         OnnxRuntimeRunner(spec, half / "stage_a.onnx", dtype=torch.float32, device="cpu")
+
+
+def test_a_shape_a_graph_cannot_take_fails_before_any_stage_runs(dirs, onnx_dir, tmp_path):
+    from onnx import TensorProto
+
+    for path in onnx_dir.iterdir():
+        if not path.name.startswith("stage_a"):
+            shutil.copy(path, tmp_path / path.name)
+    _fixed_stage_a_graph(tmp_path / "stage_a.onnx", TensorProto.FLOAT)  # batch 1, 128x128 px only
+    pipe = CascadePipeline.from_pretrained(*dirs, backend="onnxruntime", device="cpu", onnx_dir=tmp_path)
+    with pytest.raises(ShapeError, match="stage_a.onnx takes latents"):
+        pipe("a cat", height=256, width=384)
+    assert not pipe.denoiser._loops  # refused up front: Stage C never ran
