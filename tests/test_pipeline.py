@@ -445,3 +445,19 @@ def test_a_shape_a_graph_cannot_take_fails_before_any_stage_runs(dirs, onnx_dir,
     with pytest.raises(ShapeError, match="stage_a.onnx takes latents"):
         pipe("a cat", height=256, width=384)
     assert not pipe.denoiser._loops  # refused up front: Stage C never ran
+
+
+def test_precision_per_stage_reaches_the_runners(dirs):
+    pipe = CascadePipeline.from_pretrained(
+        *dirs, backend="torch", device="cpu", precision={"stage_a": "bf16"}
+    )
+    pipe.set_progress_bar_config(disable=True)
+    assert {s: r.dtype for s, r in pipe.runners.items()} == {
+        "text_encoder": torch.float32,
+        "stage_c": torch.float32,
+        "stage_b": torch.float32,
+        "stage_a": torch.bfloat16,
+    }
+    assert next(pipe.runners["stage_a"].module.parameters()).dtype == torch.bfloat16
+    images = pipe("a cat", height=128, width=128, prior_num_inference_steps=2, num_inference_steps=2).images
+    assert images[0].size == (128, 128)
