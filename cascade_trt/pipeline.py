@@ -322,11 +322,11 @@ class CascadePipeline:
         guidance = prior_guidance_scale > 1 or decoder_guidance_scale > 1
         prompts, _ = _prompt_lists(prompt, negative_prompt)
         _check_count("num_images_per_prompt", num_images_per_prompt)
-        images = len(prompts) * num_images_per_prompt
+        count = len(prompts) * num_images_per_prompt
         # Every stage's shape, checked before any runs: an engine built for smaller images fails here, not
         # after Stage C has spent its time.
         self._check_shapes(
-            len(prompts), images, height, width, prior_guidance_scale > 1, decoder_guidance_scale > 1
+            len(prompts), count, height, width, prior_guidance_scale > 1, decoder_guidance_scale > 1
         )
         emb = self.encode_prompt(prompt, negative_prompt, num_images_per_prompt, guidance=guidance)
         effnet = self.run_stage_c(
