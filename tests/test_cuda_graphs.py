@@ -44,8 +44,11 @@ def test_captured_loop_equals_uncaptured(precision):
     dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     assert ("stage_c", 4, 256, 384, dtype, True) in captured.graphs
     assert torch.isfinite(a).all()
-    scale = b.abs().max().item()
-    assert (a.float() - b.float()).abs().max().item() <= 1e-6 * max(scale, 1.0), "replay differs from eager"
+    # Replay launches the kernels eager runs, so the results should be identical; the bound allows one
+    # rounding step of the precision (cuBLAS may pick another algorithm on the capture stream's workspace).
+    relative = 1e-6 if precision == "fp32" else 2**-7
+    scale = max(b.float().abs().max().item(), 1.0)
+    assert (a.float() - b.float()).abs().max().item() <= relative * scale, "replay differs from eager"
 
 
 def test_graphs_are_reused_across_calls_and_guidance_scales():
