@@ -11,6 +11,7 @@ weight, and everything the pipelines compute, is unchanged.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -461,3 +462,11 @@ def test_precision_per_stage_reaches_the_runners(dirs):
     assert next(pipe.runners["stage_a"].module.parameters()).dtype == torch.bfloat16
     images = pipe("a cat", height=128, width=128, prior_num_inference_steps=2, num_inference_steps=2).images
     assert images[0].size == (128, 128)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_backend_without_tensorrt_says_how_to_install(dirs, tmp_path):
+    from cascade_trt.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match="cascade-trt\\[tensorrt\\]"):
+        CascadePipeline.from_pretrained(*dirs, backend="tensorrt", device="cuda", engine_dir=tmp_path)
