@@ -97,7 +97,7 @@ def export_stage(
         staged = staging / out_path.name
         program.save(staged, external_data=_weight_bytes(module) > EXTERNAL_DATA_BYTES)
         actual_opset = program.model.opset_imports.get("", None)
-        del program  # the IR holds references to the weights; drop them before hashing gigabytes
+        del program  # the IR only references the module's weights; drop the graph before hashing the files
         manifest = build_manifest(
             spec, staged, module=module, dtype=dtype, opset=actual_opset, traced_at=traced, extra=metadata
         )
