@@ -243,9 +243,9 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
         ax.invert_yaxis()
         ax.set_title(f"{h}×{w}, batch {b}", fontsize=10)
         ax.set_xlim(0, max(left) * 1.6 if left else 1)
-        ax.set_xlabel(
-            "median time of each stage (ms); medians of stages need not add up to the end-to-end one"
-        )
+    axes[-1, 0].set_xlabel(
+        "median time of each stage (ms); stage medians need not add up to the end-to-end one"
+    )
     handles, labels = axes[0, 0].get_legend_handles_labels()
     env = doc["environment"]
     fig.suptitle(f"{doc['config']['preset']} preset on {env['device']} ({env['device_type']})", fontsize=11)
