@@ -80,6 +80,14 @@ def _precision(p: dict[str, str]) -> str:
     return ", ".join(f"{k.removeprefix('stage_').replace('text_encoder', 'te')}:{v}" for k, v in p.items())
 
 
+def architecture(doc: dict[str, Any]) -> str:
+    """`tiny preset`, or the checkpoints' names for a checkpoint run."""
+    cfg = doc["config"]
+    if cfg.get("checkpoints") == "pretrained":
+        return f"{cfg.get('architecture', 'checkpoints')} checkpoints"
+    return f"{cfg['preset']} preset"
+
+
 def header(doc: dict[str, Any]) -> list[str]:
     env, cfg = doc["environment"], doc["config"]
     v = env["versions"]
@@ -94,7 +102,7 @@ def header(doc: dict[str, Any]) -> list[str]:
     dirty = " (with uncommitted changes)" if env["git"].get("dirty") else ""
     clock = "CUDA events" if doc["clock"] == "cuda_events" else "monotonic clock (perf_counter)"
     lines = [
-        f"# Stable Cascade latency: `{cfg['preset']}` preset, {env['device_type'].upper()}",
+        f"# Stable Cascade latency: `{architecture(doc)}`, {env['device_type'].upper()}",
         "",
         f"- **Machine**: {machine}; {env['os']} {env['machine']}, Python {env['python']}",
         f"- **Libraries**: {versions}; cascade_trt commit `{env['git']['commit'][:12]}`{dirty}",
@@ -248,7 +256,7 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
     )
     handles, labels = axes[0, 0].get_legend_handles_labels()
     env = doc["environment"]
-    fig.suptitle(f"{doc['config']['preset']} preset on {env['device']} ({env['device_type']})", fontsize=11)
+    fig.suptitle(f"{architecture(doc)} on {env['device']} ({env['device_type']})", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.legend(
         handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncols=4, fontsize=8, frameon=False
@@ -265,7 +273,7 @@ def compare(a: dict[str, Any], b: dict[str, Any], *, names: tuple[str, str] = ("
         env = doc["environment"]
         lines.append(
             f"- **{label}**: {env['device']} ({env['device_type']}), commit `{env['git']['commit'][:12]}`, "
-            f"{env['date_utc']}, preset `{doc['config']['preset']}`"
+            f"{env['date_utc']}, `{architecture(doc)}`"
         )
     lines += [
         "",

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from cascade_trt.benchmarks import costs, environment
-from cascade_trt.benchmarks.builders import build_drivers
+from cascade_trt.benchmarks.builders import Built, build_drivers
 from cascade_trt.benchmarks.drivers import BACKENDS, BASELINE, Driver, Workload, unavailable_reason
 from cascade_trt.benchmarks.forward import bare_forwards
 from cascade_trt.benchmarks.memory import PeakMemory
@@ -129,7 +129,7 @@ def run_suite(
     return {
         "schema": SCHEMA,
         "environment": environment.collect(device),
-        "config": _config_json(cfg, built.checkpoints),
+        "config": _config_json(cfg, built),
         "clock": clock.kind,
         "baseline": BASELINE,
         "matmul_peak_tflops": peak_tflops,
@@ -341,12 +341,14 @@ def _matrix_peak(device: torch.device, progress: Callable[[str], None]) -> float
     return peak
 
 
-def _config_json(cfg: SuiteConfig, checkpoints: str) -> dict[str, Any]:
+def _config_json(cfg: SuiteConfig, built: Built) -> dict[str, Any]:
     out = asdict(cfg)
     out["sizes"] = [list(s) for s in cfg.sizes]
     out["batches"] = list(cfg.batches)
     out["backends"] = list(cfg.backends) if cfg.backends is not None else None
-    out["checkpoints"] = checkpoints
+    out["checkpoints"] = built.checkpoints
+    # The preset names random-weight runs; a checkpoint run is named after its directories (names, not paths).
+    out["architecture"] = built.config.name if built.config is not None else cfg.preset
     # Checkpoint and ONNX locations are machine paths: keep only whether they were given.
     for key in ("prior", "decoder", "onnx_dir", "engine_dir"):
         out[key] = out[key] is not None

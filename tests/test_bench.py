@@ -237,3 +237,26 @@ def test_a_backend_with_wrong_images_is_dropped_and_recorded() -> None:
     assert set(result.samples) == {"diffusers"} and len(result.samples["diffusers"]["end_to_end"]) == 2
     assert [f["backend"] for f in result.failed] == ["broken"]
     assert "images have shape (1, 2, 256, 256)" in result.failed[0]["reason"]
+
+
+def test_checkpoints_instead_of_random_weights(tiny_prior: Path, tiny_decoder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [
+        "bench",
+        "--prior",
+        str(tiny_prior),
+        "--decoder",
+        str(tiny_decoder),
+        "--backends",
+        "diffusers",
+        "torch",
+    ]
+    argv += ["--sizes", "256", "--steps", "1", "1", "--warmup", "0", "--repeats", "1", "--device", "cpu"]
+    assert main([*argv, "--out", str(out)]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert schema.problems(doc) == []
+    assert doc["config"]["checkpoints"] == "pretrained" and doc["config"]["prior"] is True
+    assert {r["backend"] for r in doc["records"]} == {"diffusers", "torch"}
+    text = (out / "results.json").read_text()
+    assert str(tiny_prior) not in text and str(tmp_path) not in text  # names only, never machine paths
+    assert "checkpoints" in (out / "results.md").read_text().splitlines()[0]

@@ -35,7 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="any of diffusers torch torch-compile onnxruntime tensorrt (default: every one that can run here)",
     )
     p.add_argument(
-        "--sizes", nargs="+", default=None, metavar="SIZE", help="image sides: 1024 or 1024x768 (px)"
+        "--sizes",
+        nargs="+",
+        default=None,
+        metavar="SIZE",
+        help="image sides: 1024 or 1024x768 (px); default 256 for tiny, 1024 otherwise",
     )
     p.add_argument(
         "--batch", nargs="+", type=int, default=[1], metavar="N", help="images per call (default 1)"
