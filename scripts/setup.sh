@@ -18,9 +18,14 @@ if [ "$TORCH_SPEC" != none ] && ! python -c "import torch" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1; then
         python -m pip install -q "$TORCH_SPEC"
     else
-        # CPU build: a local wheel if pip's find-links has one (no network), else PyTorch's CPU index.
-        python -m pip install -q --no-index "$TORCH_SPEC" 2>/dev/null \
-            || python -m pip install -q "$TORCH_SPEC" --index-url https://download.pytorch.org/whl/cpu
+        # CPU build: a local wheel if pip's find-links has one (torch alone, no network; its dependencies
+        # then come from the configured registries), else PyTorch's CPU index.
+        if python -m pip install -q --no-index --no-deps "$TORCH_SPEC" 2>/dev/null; then
+            python -m pip install -q "$TORCH_SPEC"
+        else
+            python -m pip install -q "$TORCH_SPEC" --index-url https://download.pytorch.org/whl/cpu \
+                --extra-index-url https://pypi.org/simple
+        fi
     fi
 fi
 python -m pip install -q -e ".[dev]"
