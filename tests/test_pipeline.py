@@ -238,6 +238,20 @@ def test_text_encoder_runs_once_per_call_for_both_stages(pipes):
         hook.remove()
 
 
+def test_torch_compile_matches_eager(dirs, pipes):
+    """`compile=True` runs every stage through torch.compile (Inductor on the CPU); it may reorder float
+    arithmetic, so the images agree with eager within fp32 accumulation noise, not bit for bit."""
+    compiled = CascadePipeline.from_pretrained(*dirs, backend="torch", device="cpu", compile=True)
+    compiled.set_progress_bar_config(disable=True)
+    assert all(runner.forward is not runner.module for runner in compiled.runners.values())
+    kwargs = dict(_kwargs("prior-guided"), negative_prompt=NEGATIVES[0], num_images_per_prompt=1)
+    kwargs.update(prior_num_inference_steps=4, num_inference_steps=3)
+    want = pipes["torch"](PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs).images
+    got = compiled(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs).images
+    _assert_meaningful(want)
+    assert np.abs(got - want).max() <= 1e-3
+
+
 def test_stage_methods_compose_to_call(pipes):
     pipe = pipes["torch"]
     emb = pipe.encode_prompt(PROMPTS, NEGATIVES, num_images_per_prompt=2)
