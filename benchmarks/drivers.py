@@ -69,32 +69,11 @@ class DiffusersDriver:
     name = BASELINE
 
     def __init__(self, parts: CascadeComponents) -> None:
-        from diffusers import (
-            DDPMWuerstchenScheduler,
-            StableCascadeDecoderPipeline,
-            StableCascadePriorPipeline,
-        )
-
-        config = parts.config
-        self.prior = StableCascadePriorPipeline(
-            tokenizer=parts.tokenizer,
-            text_encoder=parts.text_encoder,
-            prior=parts.stage_c,
-            scheduler=DDPMWuerstchenScheduler(),
-            resolution_multiple=config.resolution_multiple,
-        )
-        self.decoder = StableCascadeDecoderPipeline(
-            decoder=parts.stage_b,
-            tokenizer=parts.tokenizer,
-            text_encoder=parts.text_encoder,
-            scheduler=DDPMWuerstchenScheduler(),
-            vqgan=parts.stage_a,
-            latent_dim_scale=config.latent_dim_scale,
-        )
+        self.prior, self.decoder = parts.diffusers_pipelines()
         for pipe in (self.prior, self.decoder):
             pipe.set_progress_bar_config(disable=True)
         self.vqgan = parts.stage_a
-        self.config = config
+        self.config = parts.config
 
     @torch.no_grad()
     def encode(self, work: Workload) -> tuple[torch.Tensor, ...]:

@@ -49,6 +49,34 @@ class CascadeComponents:
     stage_b: torch.nn.Module | None = None
     stage_a: torch.nn.Module | None = None
 
+    def diffusers_pipelines(self) -> tuple[Any, Any]:
+        """diffusers' `StableCascadePriorPipeline` and `StableCascadeDecoderPipeline` over these very modules
+        (shared, not copied), with default schedulers: what `save_pretrained` writes and the baseline runs."""
+        from diffusers import (
+            DDPMWuerstchenScheduler,
+            StableCascadeDecoderPipeline,
+            StableCascadePriorPipeline,
+        )
+
+        prior = StableCascadePriorPipeline(
+            tokenizer=self.tokenizer,
+            text_encoder=self.text_encoder,
+            prior=self.stage_c,
+            scheduler=DDPMWuerstchenScheduler(),
+            resolution_multiple=self.config.resolution_multiple,
+            feature_extractor=self.feature_extractor if self.image_encoder is not None else None,
+            image_encoder=self.image_encoder,
+        )
+        decoder = StableCascadeDecoderPipeline(
+            decoder=self.stage_b,
+            tokenizer=self.tokenizer,
+            text_encoder=self.text_encoder,
+            scheduler=DDPMWuerstchenScheduler(),
+            vqgan=self.stage_a,
+            latent_dim_scale=self.config.latent_dim_scale,
+        )
+        return prior, decoder
+
 
 def resolve_pipeline_dir(path_or_id: str | Path, kind: Kind, *, subfolder: str | None = None) -> Path:
     """A local Stable Cascade pipeline directory for a path or a hub id, validated.

@@ -20,7 +20,6 @@ def make_pipelines(
     out: str | Path, config: CascadeConfig = TINY, *, seed: int = 0, overwrite: bool = False
 ) -> Path:
     """Write `out/prior` and `out/decoder`; returns `out`. Atomic: a crash leaves no half-written pipeline."""
-    from diffusers import DDPMWuerstchenScheduler, StableCascadeDecoderPipeline, StableCascadePriorPipeline
     from transformers import CLIPImageProcessor
 
     out = Path(out)
@@ -35,26 +34,10 @@ def make_pipelines(
     stages = ("text_encoder", "image_encoder", "stage_c", "stage_b", "stage_a")
     parts = random_components(config, stages=stages, seed=seed)
     size = config.image_encoder.image_size if config.image_encoder else 224
-    feature_extractor = CLIPImageProcessor(
+    parts.feature_extractor = CLIPImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )
-    prior = StableCascadePriorPipeline(
-        tokenizer=parts.tokenizer,
-        text_encoder=parts.text_encoder,
-        prior=parts.stage_c,
-        scheduler=DDPMWuerstchenScheduler(),
-        resolution_multiple=config.resolution_multiple,
-        feature_extractor=feature_extractor if parts.image_encoder is not None else None,
-        image_encoder=parts.image_encoder,
-    )
-    decoder = StableCascadeDecoderPipeline(
-        decoder=parts.stage_b,
-        tokenizer=parts.tokenizer,
-        text_encoder=parts.text_encoder,
-        scheduler=DDPMWuerstchenScheduler(),
-        vqgan=parts.stage_a,
-        latent_dim_scale=config.latent_dim_scale,
-    )
+    prior, decoder = parts.diffusers_pipelines()
     with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
         for pipe, target in ((prior, targets[0]), (decoder, targets[1])):
             staging = Path(tmp) / target.name
