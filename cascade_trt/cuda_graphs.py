@@ -47,15 +47,19 @@ class GraphCache:
     def get(self, key: GraphKey) -> torch.cuda.CUDAGraph | None:
         return self._graphs.get(key)
 
-    def get_or_capture(self, key: GraphKey, step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    def get_or_capture(
+        self, key: GraphKey, step: Callable[[], None], *, rewind: Callable[[], None] | None = None
+    ) -> torch.cuda.CUDAGraph:
         """The graph of `step` for `key`, captured on first use.
 
         `step` runs `warmup_steps` times before capture, so it must be safe to run on whatever its buffers
-        hold: the caller writes the real inputs after this returns.
+        hold: the caller writes the real inputs after this returns. `rewind`, when given, runs (uncaptured)
+        before every warm-up call and before the capture: a step that advances a device-side counter uses it
+        to stay inside its tables however few steps they hold.
         """
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._capture(step)
+            graph = self._capture(step, rewind or _nothing)
             self._graphs[key] = graph
         return graph
 
@@ -66,7 +70,7 @@ class GraphCache:
     def clear(self) -> None:
         self._graphs.clear()
 
-    def _capture(self, step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    def _capture(self, step: Callable[[], None], rewind: Callable[[], None]) -> torch.cuda.CUDAGraph:
         with torch.cuda.device(self.device):
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
@@ -75,9 +79,15 @@ class GraphCache:
             side.wait_stream(current)
             with torch.cuda.stream(side), torch.no_grad():
                 for _ in range(self.warmup_steps):
+                    rewind()
                     step()
+                rewind()
             current.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
                 step()
             return graph
+
+
+def _nothing() -> None:
+    return None

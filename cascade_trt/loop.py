@@ -148,8 +148,9 @@ class Denoiser:
             self.graphs.drop(key)
         step = loop.step
         if self.graphs.enabled and runner.capturable:
-            # Capture before loading: warm-up runs the step on the buffers.
-            step = self.graphs.get_or_capture(key, loop.step).replay
+            # Capture before loading: warm-up runs the step on the buffers, from step 0 each time (the index
+            # may still hold a previous run's end, and a 1-step table has no step 1 to read).
+            step = self.graphs.get_or_capture(key, loop.step, rewind=loop.index.zero_).replay
         schedule = WuerstchenSchedule.build(
             run.num_steps, dtype=runner.dtype, device=runner.device, config=run.scheduler
         )

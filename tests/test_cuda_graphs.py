@@ -86,3 +86,14 @@ def test_neither_the_step_nor_its_replay_syncs_with_the_host():
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert loop.index.item() == 4
+
+
+def test_capture_stays_inside_tables_of_one_step_and_of_one_more_step():
+    """Capture's warm-up runs the step from index 0: a 1-step table has no step 1, and after a 4-step run the
+    index rests at 4, which a table regrown to 5 steps holds only once."""
+    captured, eager = _pipe(True), _pipe(False)
+    for steps in (1, 4, 5):
+        a = _latents(captured, prior_num_inference_steps=steps, num_inference_steps=steps)
+        b = _latents(eager, prior_num_inference_steps=steps, num_inference_steps=steps)
+        torch.cuda.synchronize()  # an out-of-range index_select would surface here as a device assert
+        assert torch.allclose(a, b, rtol=0, atol=1e-6 * b.abs().max().item()), f"{steps} steps"
