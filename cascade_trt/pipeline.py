@@ -482,7 +482,7 @@ def _build_runners(
         flag = "engine_dir" if backend == "tensorrt" else "onnx_dir"
         raise ConfigError(f"the {backend} backend runs files from disk: pass {flag}=<directory>")
     module = backend_module(backend)
-    if backend == "tensorrt" and hasattr(module, "load_runners"):
+    if backend == "tensorrt":
         # One activation buffer shared by every engine's context: the backend's own loader sets that up.
         return module.load_runners(specs, artifact_dir, device, dtypes=dtypes, onnx_dir=options["onnx_dir"])
     runners = {}

@@ -72,7 +72,8 @@ class ActivationMemory:
     def attach(self, context: Any, size: int) -> None:
         """Point `context` at the shared buffer, growing it (and re-pointing the others) when too small.
 
-        Growth happens while engines load, before any CUDA graph has captured an address.
+        Growth happens while one `load_runners` call loads its engines, before any CUDA graph can have
+        captured an address in this buffer.
         """
         self.contexts.append(context)
         if size > self.nbytes:
@@ -88,17 +89,6 @@ class ActivationMemory:
             context.set_device_memory(self.buffer.data_ptr(), self.buffer.numel())
         else:  # TensorRT 10.0
             context.device_memory = self.buffer.data_ptr()
-
-
-_SHARED: dict[torch.device, ActivationMemory] = {}
-
-
-def shared_activation_memory(device: torch.device | str) -> ActivationMemory:
-    """The process-wide buffer for `device`, for runners created one by one through the registry."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return _SHARED.setdefault(device, ActivationMemory(device))
 
 
 @dataclass
@@ -151,9 +141,9 @@ class TensorRTRunner(StageRunner):
             )
         if self.context is None:
             raise BackendUnavailableError(f"TensorRT could not create an execution context for {self.path}")
-        (memory or shared_activation_memory(device)).attach(
-            self.context, int(self.engine.device_memory_size_v2)
-        )
+        # A runner made alone owns its buffer; `load_runners` passes one for all stages. Never a process-wide
+        # one: growing it after another pipeline captured CUDA graphs would free memory those graphs use.
+        (memory or ActivationMemory(device)).attach(self.context, int(self.engine.device_memory_size_v2))
         self._active: _Bound | None = None
 
     def check_shape(self, batch: int, height: int, width: int) -> None:
@@ -185,9 +175,7 @@ class TensorRTRunner(StageRunner):
         return bound
 
     def execute(self, bindings: Bindings) -> None:
-        if (
-            self._active is not bindings.state
-        ):  # another shape ran since: restore this one's shapes and addresses
+        if self._active is not bindings.state:  # another shape ran since: restore its shapes and addresses
             self._apply(bindings.state)
         if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
             raise RuntimeError(f"{self.name}: execute_async_v3 failed (TensorRT's log says why)")
