@@ -235,6 +235,9 @@ def _default_dtype_and_device(dtype: torch.dtype, device: str | torch.device) ->
         torch.set_default_dtype(previous)
 
 
+_FILL_CHUNK = 1 << 22  # values drawn at a time by `randomize_`: 16 MiB of fp32, whatever the parameter's size
+
+
 @torch.no_grad()
 def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Overwrite every parameter with random values, in place, in its own dtype and device.
@@ -242,17 +245,23 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     diffusers initialises the UNets' output convolution (and timestep mappers) to zero, so a freshly built
     model predicts exactly zero: useless for parity tests. Matrices get std 1/sqrt(fan_in) (outputs keep unit
     scale through depth); vectors (biases, norms, layer scales) get small values around zero or one.
+
+    Values are drawn in fp32 on the CPU from one seeded generator, so a model built in fp16 on a GPU holds the
+    same weights (rounded) as the fp32 checkpoint that the ONNX export reads. They are drawn in chunks of
+    `_FILL_CHUNK`, so the temporary stays small: building the full Stage C peaks at its weights plus the
+    runtime (a whole-parameter temporary cost 0.35 GB more).
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     for name, p in module.named_parameters():
         if p.ndim >= 2:
-            fan_in = math.prod(p.shape[1:])
-            values = torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)
+            mean, std = 0.0, 1.0 / math.sqrt(math.prod(p.shape[1:]))
         elif name.endswith("weight") and "norm" in name:
-            values = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+            mean, std = 1.0, 0.1
         else:
-            values = 0.1 * torch.randn(p.shape, generator=gen)
-        p.copy_(values.to(p.dtype))
+            mean, std = 0.0, 0.1
+        flat = p.view(-1)  # parameters are contiguous: writes through the view land in the parameter
+        for part in flat.split(_FILL_CHUNK):
+            part.copy_(torch.randn(part.shape, generator=gen).mul_(std).add_(mean))
     return module
 
 
@@ -267,7 +276,7 @@ def random_components(
     """The real architectures of `config` with random weights, built directly in each dtype on the device.
 
     Construction runs under the target default dtype and device, so a 3.6B bf16 Stage C never exists in fp32
-    or on the host. Weights are filled by `randomize_` (fast enough for the full models: a few seconds).
+    or on the host. Weights are filled by `randomize_`.
     """
     from diffusers import StableCascadeUNet
     from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel

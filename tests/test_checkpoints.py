@@ -90,6 +90,27 @@ def test_random_components_are_built_in_the_requested_dtype(dtype: torch.dtype):
     assert all(p.abs().sum() > 0 for p in parts.stage_c.parameters())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_random_weights_are_the_same_in_every_dtype(dtype: torch.dtype):
+    """A low-precision build holds the fp32 build's weights, rounded: the ONNX graphs exported from an fp32
+    checkpoint and the modules built in fp16/bf16 with the same seed are one model."""
+    ref = random_components(TINY, stages=("stage_b",), seed=4).stage_b.state_dict()
+    low = random_components(TINY, stages=("stage_b",), seed=4, dtypes={"stage_b": dtype}).stage_b.state_dict()
+    randomized = [k for k, v in ref.items() if v.is_floating_point()]
+    assert randomized and all(torch.equal(low[k], ref[k].to(dtype)) for k in randomized)
+
+
+def test_randomize_fills_parameters_larger_than_its_chunk(monkeypatch):
+    from cascade_trt import checkpoints
+
+    monkeypatch.setattr(checkpoints, "_FILL_CHUNK", 7)  # 64 values in 10 chunks, the last one short
+    layer = torch.nn.Linear(8, 8).requires_grad_(False)
+    layer.weight.zero_()
+    checkpoints.randomize_(layer, seed=0)
+    assert (layer.weight != 0).all()
+    assert 0.2 < layer.weight.std().item() < 0.6  # std 1/sqrt(8) = 0.35 asked
+
+
 def test_random_components_use_seed():
     a = random_components(TINY, stages=("stage_a",), seed=1).stage_a.state_dict()
     b = random_components(TINY, stages=("stage_a",), seed=1).stage_a.state_dict()
