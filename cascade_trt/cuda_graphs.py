@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from cascade_trt.errors import ConfigError
+
 # Key: (stage, batch, height, width, dtype, guided). `guided` is there because guidance doubles the batch
 # the model sees: same images, different graph.
 GraphKey = tuple[Hashable, ...]
@@ -29,6 +31,9 @@ class GraphCache:
     """CUDA graphs keyed by (stage, batch, height, width, dtype, guided), sharing one memory pool."""
 
     def __init__(self, device: torch.device | str, *, enabled: bool = True, warmup_steps: int = 2) -> None:
+        if warmup_steps < 1:
+            # Lazy initialisation (cuBLAS handles, TensorRT's first enqueue after binding) must not be captured.
+            raise ConfigError(f"warmup_steps={warmup_steps}: run the step at least once before capturing it")
         self.device = torch.device(device)
         self.enabled = bool(enabled) and self.device.type == "cuda"
         self.warmup_steps = warmup_steps

@@ -153,3 +153,11 @@ def test_cpu_runs_uncaptured_and_conditioning_names_are_checked(runners):
     bad = StageRun(1, HEIGHT, WIDTH, 2, 0.0, {"clip_text_pooled": torch.zeros(1, 1, 32)})
     with pytest.raises(ValueError, match="effnet"):
         denoiser(runners["stage_b"], bad)
+
+
+def test_graph_cache_refuses_to_capture_without_a_warm_up_run():
+    from cascade_trt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least once before capturing"):
+        GraphCache("cuda", warmup_steps=0)
+    assert GraphCache("cpu", warmup_steps=1).warmup_steps == 1
