@@ -10,29 +10,39 @@ from types import ModuleType
 
 from cascade_trt.errors import BackendUnavailableError
 
-MIN_MAJOR = 10
+# 10.1 added what the runtime relies on: `ICudaEngine.device_memory_size_v2` and
+# `IExecutionContext.set_device_memory(memory, size)` (TensorRT 11 keeps only these).
+MIN_VERSION = (10, 1)
 INSTALL_HINT = (
-    "install it with `pip install 'cascade-trt[tensorrt]'` (TensorRT and Polygraphy; the TensorRT wheels are "
+    "install it with `pip install 'cascade-trt[tensorrt]'` (the TensorRT wheels are "
     "NVIDIA's: if pip cannot fetch them, add `--extra-index-url https://pypi.nvidia.com`, NVIDIA's package "
     "index). TensorRT runs on an NVIDIA GPU with a CUDA driver; without one use the torch or onnxruntime backend"
 )
 
 
 def import_tensorrt() -> ModuleType:
-    """The `tensorrt` module (10.x or 11.x), or BackendUnavailableError saying how to install it."""
+    """The `tensorrt` module (10.1+ or 11.x), or BackendUnavailableError saying how to install it."""
     try:
         import tensorrt as trt
     except (ImportError, OSError) as exc:  # OSError: the wheel is there but its CUDA libraries are not
         raise BackendUnavailableError(f"TensorRT is not available ({exc}): {INSTALL_HINT}") from exc
     version = getattr(trt, "__version__", "0")
-    if tensorrt_major(version) < MIN_MAJOR:
+    if tensorrt_version(version) < MIN_VERSION:
+        need = ".".join(map(str, MIN_VERSION))
         raise BackendUnavailableError(
-            f"TensorRT {version} is too old: cascade_trt needs TensorRT {MIN_MAJOR} or newer; {INSTALL_HINT}"
+            f"TensorRT {version} is too old: cascade_trt needs TensorRT {need} or newer; {INSTALL_HINT}"
         )
     return trt
 
 
+def tensorrt_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string ("10.8.0.43" -> (10, 8)); (0, 0) when unreadable."""
+    parts = str(version).split(".")
+    if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return (0, 0)
+    return (int(parts[0]), int(parts[1]))
+
+
 def tensorrt_major(version: str) -> int:
     """Major version of a TensorRT version string ("10.8.0.43" -> 10); 0 when unreadable."""
-    head = str(version).split(".")[0]
-    return int(head) if head.isdigit() else 0
+    return tensorrt_version(version)[0]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from cascade_trt.engines.availability import import_tensorrt, tensorrt_major
 from cascade_trt.engines.manifest import Target, cache_key, engine_manifest, onnx_identity
 from cascade_trt.engines.onnx_stage import OnnxStage, policy_config, select_exported
@@ -124,11 +125,13 @@ def build_engines(
     _check_typing_supported(trt, options)
     target = Target.current(trt, device)
     built = {}
-    for i, plan in enumerate(plans, 1):
-        log.info("[%d/%d] %s", i, len(plans), plan.stage.name)
-        built[plan.stage.name] = build_engine(
-            plan, out_dir, trt=trt, target=target, options=options, onnx_dir=onnx_dir, force=force
-        )
+    # TensorRT builds on the current CUDA device: make it the one the manifests name.
+    with torch.cuda.device(device if device is not None else torch.cuda.current_device()):
+        for i, plan in enumerate(plans, 1):
+            log.info("[%d/%d] %s", i, len(plans), plan.stage.name)
+            built[plan.stage.name] = build_engine(
+                plan, out_dir, trt=trt, target=target, options=options, onnx_dir=onnx_dir, force=force
+            )
     return built
 
 
@@ -262,7 +265,12 @@ def _builder_config(trt: Any, builder: Any, plan: StagePlan, options: BuildOptio
         config.set_flag(trt.BuilderFlag.FP16 if plan.precision == "fp16" else trt.BuilderFlag.BF16)
     profile = builder.create_optimization_profile()
     for name, p in plan.profiles.items():
-        profile.set_shape(name, tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
+        try:  # TensorRT raises (rather than returns False) on inconsistent min/opt/max
+            profile.set_shape(name, tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
+        except RuntimeError as exc:
+            raise EngineBuildError(
+                f"{plan.stage.name}: TensorRT refused the profile of {name} {p}: {exc}"
+            ) from exc
     if config.add_optimization_profile(profile) < 0:
         raise EngineBuildError(
             f"TensorRT refused the optimization profile of {plan.stage.name}: {plan.profiles}"

@@ -153,6 +153,17 @@ def mismatches(
     return out
 
 
+def io_precision(manifest: dict[str, Any]) -> str:
+    """The dtype of an engine's float inputs and outputs, which the runtime's static tensors must have.
+
+    A strongly typed engine's IO has its build precision. A weakly typed one (`--weakly-typed`, TensorRT 10) is
+    an fp32 graph that TensorRT may run in fp16/bf16 inside: its IO stays fp32, whatever its `precision`.
+    """
+    if manifest.get("flags", {}).get("strongly_typed") is False:
+        return "fp32"
+    return manifest["precision"]
+
+
 def check_engine(manifest: dict[str, Any] | None, engine: str | Path, **asked: Any) -> None:
     """ArtifactMismatchError saying what differs and the command that rebuilds the engine."""
     engine = Path(engine)

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from cascade_trt.engines.availability import tensorrt_version
 from cascade_trt.engines.builder import BuildOptions, plan_builds, write_engine
 from cascade_trt.engines.manifest import (
     Target,
     cache_key,
     check_engine,
     engine_manifest,
+    io_precision,
     mismatches,
     rebuild_command,
 )
@@ -26,7 +28,7 @@ from cascade_trt.engines.profiles import BuildShapes, check_request, profiles_to
 
 from cascade_trt.artifacts import engine_path, manifest_path, read_manifest
 from cascade_trt.configs import FULL, LITE, TINY
-from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, ShapeError
+from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, ConfigError, ShapeError
 from cascade_trt.stages import BatchRange, SizeRange, stage_specs
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -189,6 +191,58 @@ def test_cache_key_depends_on_content_only() -> None:
         {"passes": ("cast_around_resize",)},
     ):
         assert cache_key(**{**base, **change}) != key, change
+
+
+def test_weakly_typed_engine_keeps_fp32_io_whatever_it_computes_in() -> None:
+    assert io_precision(_manifest(precision="bf16")) == "bf16"
+    weak = _manifest(precision="fp16", flags=BuildOptions(SHAPES, strongly_typed=False).flags())
+    assert io_precision(json.loads(json.dumps(weak))) == "fp32"
+    assert weak["precision"] == "fp16"  # what it computes in, and what `check` judges it by
+
+
+@pytest.mark.parametrize(
+    ("version", "parsed"),
+    [("10.8.0.43", (10, 8)), ("10.0.1.6", (10, 0)), ("11.0.0", (11, 0)), ("10", (0, 0)), ("dev", (0, 0))],
+)
+def test_tensorrt_version_is_major_and_minor(version: str, parsed: tuple[int, int]) -> None:
+    assert tensorrt_version(version) == parsed
+
+
+# --- shared activation memory ------------------------------------------------------------------------------
+
+
+class _Pointed:
+    """Records where `ActivationMemory` points it: the (address, size) a TensorRT context would receive."""
+
+    def set_device_memory(self, address: int, size: int) -> None:
+        self.memory = (address, size)
+
+
+def test_activation_memory_is_sized_to_the_largest_engine_and_never_moves() -> None:
+    from cascade_trt.backends.tensorrt_backend import ActivationMemory
+
+    memory = ActivationMemory("cpu")
+    for size in (3000, 12_000, 500):  # engines reserve while they load
+        memory.reserve(size)
+    contexts = [_Pointed() for _ in range(4)]  # then one context per bound shape
+    for context in contexts:
+        memory.attach(context)
+    assert memory.buffer is not None and memory.buffer.numel() == 12_000
+    assert {c.memory for c in contexts} == {(memory.buffer.data_ptr(), 12_000)}
+    memory.reserve(12_000)  # no larger: fine
+    with pytest.raises(ConfigError, match="load every engine before running any"):
+        memory.reserve(12_001)  # would move the buffer under contexts (and captured graphs)
+    assert memory.buffer.numel() == 12_000
+
+
+def test_activation_memory_of_an_engine_that_needs_none() -> None:
+    from cascade_trt.backends.tensorrt_backend import ActivationMemory
+
+    memory = ActivationMemory("cpu")
+    memory.reserve(0)
+    context = _Pointed()
+    memory.attach(context)
+    assert context.memory[1] == 0
 
 
 # --- atomic writes -----------------------------------------------------------------------------------------

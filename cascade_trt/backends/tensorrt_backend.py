@@ -11,24 +11,28 @@ How it runs, and why:
 
 * Each engine is checked against its manifest (TensorRT version, GPU, precision and, given `onnx_dir`, the ONNX
   it was built from) and deserialized once; a mismatch is an `ArtifactMismatchError` with the rebuild command.
-* Contexts are created with `ExecutionContextAllocationStrategy.USER_MANAGED` and all point at one activation
-  buffer (`ActivationMemory`) sized to the largest engine: stages run one after another on one stream, so
-  they never need their scratch memory at the same time.
-* `allocate` (the base class) makes static torch tensors once per shape; `bind` sets the input shapes
-  (`set_input_shape`) and every tensor address (`set_tensor_address`) once. `execute` only enqueues
-  `execute_async_v3` on torch's current stream: no host sync, no allocation, no per-call address resets, so
-  the loop captures it in a CUDA graph like any other backend (`capturable = True`; the loop's warm-up runs it
-  once before capture, as TensorRT requires).
+* `allocate` (the base class) makes static torch tensors once per shape; `bind` creates an execution context
+  for that shape (`ExecutionContextAllocationStrategy.USER_MANAGED`) and sets its input shapes
+  (`set_input_shape`) and every tensor address (`set_tensor_address`) once. One context per shape because a
+  captured CUDA graph holds its context's state for that shape: TensorRT's rule is one context per captured
+  graph, the contexts sharing their activation memory.
+* Every context of every stage points at one activation buffer (`ActivationMemory`) sized to the largest
+  engine, allocated once after all engines are loaded: stages and shapes run one after another on one stream,
+  so they never need scratch memory at the same time, and the buffer never moves under a captured graph.
+* `execute` only enqueues `execute_async_v3` on torch's current stream: no host sync, no allocation, no
+  per-call address resets, so the loop captures it in a CUDA graph like any other backend (`capturable =
+  True`; the loop's warm-up runs it once before capture, as TensorRT requires). Uncaptured calls on the legacy
+  default stream go to a side stream instead, where TensorRT adds no device-wide syncs.
 * A shape outside the engine's profile is a `ShapeError` naming the flag to rebuild with.
 
-Checked API names (TensorRT 10.1+ / 11 Python): `ICudaEngine.device_memory_size_v2`, `create_execution_context`
+Checked API names (TensorRT 10.1+ / 11 Python; 10.0 lacks the `_v2` size and the sized `set_device_memory`,
+hence the 10.1 floor): `ICudaEngine.device_memory_size_v2`, `create_execution_context`
 with `ExecutionContextAllocationStrategy`, `IExecutionContext.set_device_memory(memory, size)`, `set_input_shape`,
 `set_tensor_address`, `infer_shapes`, `get_tensor_shape`, `execute_async_v3(stream_handle)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +41,10 @@ import torch
 from cascade_trt.artifacts import engine_path, read_manifest
 from cascade_trt.backends.base import Bindings, StageRunner
 from cascade_trt.engines.availability import import_tensorrt
-from cascade_trt.engines.manifest import Target, check_engine, onnx_identity
+from cascade_trt.engines.manifest import Target, check_engine, io_precision, onnx_identity
 from cascade_trt.engines.onnx_stage import read_onnx_stage
 from cascade_trt.engines.profiles import BuildShapes, check_profiles, check_request, profiles_from_json
-from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError
+from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, ConfigError
 from cascade_trt.precision import DTYPES, NAMES
 from cascade_trt.stages import StageSpec
 
@@ -58,49 +62,38 @@ _LOGGER: Any = None
 
 
 class ActivationMemory:
-    """One device buffer that every attached context uses as its scratch memory."""
+    """One device buffer that every execution context of a pipeline uses as its scratch memory.
+
+    Engines `reserve` their size while they load; the buffer is allocated when the first context attaches and
+    never moves or grows after that, so a CUDA graph that captured its address stays valid. Contexts attached
+    to it must never run concurrently (the pipeline runs its stages one after another on one stream).
+    """
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
+        self.nbytes = 0
         self.buffer: torch.Tensor | None = None
-        self.contexts: list[Any] = []
 
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.buffer is None else self.buffer.numel()
+    def reserve(self, size: int) -> None:
+        """Make the buffer at least `size` bytes; only before any context is attached."""
+        if size <= self.nbytes:
+            return
+        if self.buffer is not None:
+            raise ConfigError(
+                f"an engine needing {size} bytes of activation memory was loaded after contexts started using a "
+                f"{self.nbytes}-byte shared buffer: load every engine before running any (`load_runners` does)"
+            )
+        self.nbytes = size
 
-    def attach(self, context: Any, size: int) -> None:
-        """Point `context` at the shared buffer, growing it (and re-pointing the others) when too small.
-
-        Growth happens while one `load_runners` call loads its engines, before any CUDA graph can have
-        captured an address in this buffer.
-        """
-        self.contexts.append(context)
-        if size > self.nbytes:
-            self.buffer = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
-            for ctx in self.contexts:
-                self._point(ctx)
-        else:
-            self._point(context)
-
-    def _point(self, context: Any) -> None:
-        assert self.buffer is not None
-        if hasattr(context, "set_device_memory"):  # TensorRT 10.1+: address and size
-            context.set_device_memory(self.buffer.data_ptr(), self.buffer.numel())
-        else:  # TensorRT 10.0
-            context.device_memory = self.buffer.data_ptr()
-
-
-@dataclass
-class _Bound:
-    """What one `Bindings` set on the context: input shapes and tensor addresses."""
-
-    shapes: dict[str, tuple[int, ...]]
-    addresses: dict[str, int]
+    def attach(self, context: Any) -> None:
+        """Point `context` at the buffer (TensorRT 10.1+: address and size)."""
+        if self.buffer is None:
+            self.buffer = torch.empty(max(self.nbytes, 1), dtype=torch.uint8, device=self.device)
+        context.set_device_memory(self.buffer.data_ptr(), self.nbytes)
 
 
 class TensorRTRunner(StageRunner):
-    """One stage's engine with its execution context."""
+    """One stage's engine, with one execution context per bound shape."""
 
     capturable = True
 
@@ -116,7 +109,6 @@ class TensorRTRunner(StageRunner):
     ) -> None:
         trt = import_tensorrt()
         device = _cuda_device(device)
-        super().__init__(spec, dtype, device)
         self.path = Path(path)
         self.name = self.path.name
         manifest = read_manifest(self.path)
@@ -128,66 +120,80 @@ class TensorRTRunner(StageRunner):
             precision=NAMES.get(dtype, str(dtype)),
             onnx=onnx,
         )
+        assert manifest is not None  # check_engine refuses a missing one
+        #: the precision the engine computes in; `dtype` is that of its IO (fp32 for a weakly typed build)
+        self.precision: str = manifest["precision"]
+        super().__init__(spec, DTYPES[io_precision(manifest)], device)
         self.shapes = BuildShapes.from_json(manifest["shapes"])
         self.profiles = profiles_from_json(manifest["profiles"])
+        self._trt = trt
         with torch.cuda.device(device):
             self._runtime = trt.Runtime(_logger(trt))
             self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:
                 raise ArtifactMismatchError(f"TensorRT could not deserialize {self.path}: rebuild it")
             self._check_io(trt)
-            self.context = self.engine.create_execution_context(
-                trt.ExecutionContextAllocationStrategy.USER_MANAGED
-            )
-        if self.context is None:
-            raise BackendUnavailableError(f"TensorRT could not create an execution context for {self.path}")
+            # TensorRT's enqueue on the legacy default stream adds device-wide syncs: uncaptured calls made
+            # there run on this stream instead (captured steps already run on a side stream).
+            self._stream = torch.cuda.Stream(device)
         # A runner made alone owns its buffer; `load_runners` passes one for all stages. Never a process-wide
         # one: growing it after another pipeline captured CUDA graphs would free memory those graphs use.
-        (memory or ActivationMemory(device)).attach(self.context, int(self.engine.device_memory_size_v2))
-        self._active: _Bound | None = None
+        self.memory = memory or ActivationMemory(device)
+        self.memory.reserve(int(self.engine.device_memory_size_v2))  # the largest over the engine's profiles
 
     def check_shape(self, batch: int, height: int, width: int) -> None:
         check_request(self.spec, self.shapes, batch, height, width, engine=self.name)
         check_profiles(self.spec, self.profiles, batch, height, width, engine=self.name)
 
-    def bind(self, bindings: Bindings) -> _Bound:
+    def bind(self, bindings: Bindings) -> Any:
+        """A new execution context for this shape, its input shapes and tensor addresses set once.
+
+        One context per shape, not one per engine re-pointed between shapes: a CUDA graph captures the context's
+        internal state for its shape, so two captured shapes must never share a context (TensorRT's guide: one
+        context per captured graph, all sharing the activation memory). The context is `bindings.state`.
+        """
         tensors = {**bindings.inputs, **bindings.outputs}
         for name, t in tensors.items():
             if not t.is_contiguous() or t.device != self.device:
                 raise ArtifactMismatchError(
                     f"{self.name}: {name} must be a contiguous tensor on {self.device}"
                 )
-        bound = _Bound(
-            {n: tuple(t.shape) for n, t in bindings.inputs.items()},
-            {n: t.data_ptr() for n, t in tensors.items()},
-        )
-        self._apply(bound)
-        missing = self.context.infer_shapes()
+        with torch.cuda.device(self.device):
+            context = self.engine.create_execution_context(
+                self._trt.ExecutionContextAllocationStrategy.USER_MANAGED
+            )
+        if context is None:
+            raise BackendUnavailableError(f"TensorRT could not create an execution context for {self.path}")
+        self.memory.attach(context)
+        for name, t in bindings.inputs.items():
+            if not context.set_input_shape(name, tuple(t.shape)):
+                raise ArtifactMismatchError(f"{self.name}: TensorRT refused shape {list(t.shape)} for {name}")
+        for name, t in tensors.items():
+            if not context.set_tensor_address(name, t.data_ptr()):
+                raise ArtifactMismatchError(f"{self.name}: TensorRT refused the address of {name}")
+        missing = context.infer_shapes()
         if missing:
             raise ArtifactMismatchError(f"{self.name}: TensorRT could not infer shapes from inputs {missing}")
         for name, t in bindings.outputs.items():
-            have = tuple(self.context.get_tensor_shape(name))
+            have = tuple(context.get_tensor_shape(name))
             if have != tuple(t.shape):
                 raise ArtifactMismatchError(
                     f"{self.name}: engine gives {name} of shape {list(have)}, the stage spec says {list(t.shape)}: "
                     "the engine was built from another graph; rebuild it"
                 )
-        return bound
+        return context
 
     def execute(self, bindings: Bindings) -> None:
-        if self._active is not bindings.state:  # another shape ran since: restore its shapes and addresses
-            self._apply(bindings.state)
-        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+        context = bindings.state
+        current = torch.cuda.current_stream(self.device)
+        if current.cuda_stream != 0:
+            ok = context.execute_async_v3(current.cuda_stream)
+        else:  # the legacy default stream: enqueue on ours, ordered after and before the caller's work
+            self._stream.wait_stream(current)
+            ok = context.execute_async_v3(self._stream.cuda_stream)
+            current.wait_stream(self._stream)
+        if not ok:
             raise RuntimeError(f"{self.name}: execute_async_v3 failed (TensorRT's log says why)")
-
-    def _apply(self, bound: _Bound) -> None:
-        for name, shape in bound.shapes.items():
-            if not self.context.set_input_shape(name, shape):
-                raise ArtifactMismatchError(f"{self.name}: TensorRT refused shape {list(shape)} for {name}")
-        for name, address in bound.addresses.items():
-            if not self.context.set_tensor_address(name, address):
-                raise ArtifactMismatchError(f"{self.name}: TensorRT refused the address of {name}")
-        self._active = bound
 
     def _check_io(self, trt: Any) -> None:
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
