@@ -102,7 +102,7 @@ def header(doc: dict[str, Any]) -> list[str]:
     dirty = " (with uncommitted changes)" if env["git"].get("dirty") else ""
     clock = "CUDA events" if doc["clock"] == "cuda_events" else "monotonic clock (perf_counter)"
     lines = [
-        f"# Stable Cascade latency: `{architecture(doc)}`, {env['device_type'].upper()}",
+        f"# Stable Cascade latency: {architecture(doc)}, {env['device_type'].upper()}",
         "",
         f"- **Machine**: {machine}; {env['os']} {env['machine']}, Python {env['python']}",
         f"- **Libraries**: {versions}; cascade_trt commit `{env['git']['commit'][:12]}`{dirty}",
@@ -273,7 +273,7 @@ def compare(a: dict[str, Any], b: dict[str, Any], *, names: tuple[str, str] = ("
         env = doc["environment"]
         lines.append(
             f"- **{label}**: {env['device']} ({env['device_type']}), commit `{env['git']['commit'][:12]}`, "
-            f"{env['date_utc']}, `{architecture(doc)}`"
+            f"{env['date_utc']}, {architecture(doc)}"
         )
     lines += [
         "",
