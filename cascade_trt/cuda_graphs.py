@@ -39,6 +39,16 @@ class GraphCache:
         self.warmup_steps = warmup_steps
         self._graphs: dict[GraphKey, torch.cuda.CUDAGraph] = {}
         self._pool: Any = None
+        self._pool_bytes = 0
+
+    @property
+    def pool_bytes(self) -> int:
+        """Bytes the shared pool reserved while capturing (the captured steps' working memory).
+
+        A replay allocates nothing, so `torch.cuda.max_memory_allocated` never sees this memory: it sits in
+        `memory_reserved`. Measured as the growth of reserved memory across each capture.
+        """
+        return self._pool_bytes
 
     def __contains__(self, key: GraphKey) -> bool:
         return key in self._graphs
@@ -71,9 +81,18 @@ class GraphCache:
     def drop(self, key: GraphKey) -> None:
         """Forget one graph (its static buffers were reallocated, so its addresses are stale)."""
         self._graphs.pop(key, None)
+        if not self._graphs:
+            self._release_pool()
 
     def clear(self) -> None:
         self._graphs.clear()
+        self._release_pool()
+
+    def _release_pool(self) -> None:
+        # With no graph left the pool may be freed; the next capture takes a fresh handle rather than
+        # reviving one whose use count fell to zero (memory such as cuBLAS's workspace can outlive the graphs).
+        self._pool = None
+        self._pool_bytes = 0
 
     def _capture(self, step: Callable[[], None], rewind: Callable[[], None]) -> torch.cuda.CUDAGraph:
         with torch.cuda.device(self.device):
@@ -90,7 +109,10 @@ class GraphCache:
             current.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
+                # Read inside the context: entering it empties the allocator's cache, which is not the pool.
+                reserved = torch.cuda.memory_reserved()
                 step()
+            self._pool_bytes += max(0, torch.cuda.memory_reserved() - reserved)
             return graph
 
 

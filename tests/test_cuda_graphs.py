@@ -69,11 +69,12 @@ def test_graphs_are_reused_across_calls_and_guidance_scales():
     assert len(captured.graphs) == 4
 
 
-def test_neither_the_step_nor_its_replay_syncs_with_the_host():
+@pytest.mark.parametrize("stage", ["stage_c", "stage_b"])
+def test_neither_the_step_nor_its_replay_syncs_with_the_host(stage):
     pipe = _pipe(True)
     _latents(pipe)
-    loop = next(loop for key, loop in pipe.denoiser._loops.items() if key[0] == "stage_b")
-    key = next(key for key in pipe.graphs if key[0] == "stage_b")
+    loop = next(loop for key, loop in pipe.denoiser._loops.items() if key[0] == stage)
+    key = next(key for key in pipe.graphs if key[0] == stage)
     graph = pipe.graphs.get(key)
     loop.index.zero_()
     torch.cuda.synchronize()
@@ -86,6 +87,19 @@ def test_neither_the_step_nor_its_replay_syncs_with_the_host():
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert loop.index.item() == 4
+
+
+def test_clearing_the_caches_releases_the_pool_and_captures_again():
+    """After `clear_caches` no graph is left on the pool; the next call captures on a fresh one."""
+    captured, eager = _pipe(True), _pipe(False)
+    _latents(captured)
+    assert captured.graphs.pool_bytes > 0  # captured activations: not in max_memory_allocated
+    captured.clear_caches()
+    assert len(captured.graphs) == 0 and captured.graphs.pool_bytes == 0
+    torch.cuda.empty_cache()
+    a, b = _latents(captured), _latents(eager)
+    assert len(captured.graphs) == 2 and captured.graphs.pool_bytes > 0
+    assert torch.allclose(a, b, rtol=0, atol=1e-6 * b.abs().max().item())
 
 
 def test_capture_stays_inside_tables_of_one_step_and_of_one_more_step():
