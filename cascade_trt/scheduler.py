@@ -70,12 +70,12 @@ class WuerstchenSchedule:
         """All per-step values for `num_steps` model calls (timesteps `linspace(1, 0, N + 1)`, last dropped)."""
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-        timesteps = torch.linspace(1.0, 0.0, num_steps + 1)
-        rows = [_step_values(timesteps, i, dtype, config) for i in range(num_steps)]
-        columns = [torch.cat(col) for col in zip(*rows, strict=True)]
-        ratio = columns[0].to(device=device, dtype=dtype)
-        rest = [c.to(device=device, dtype=torch.float32) for c in columns[1:]]
-        return cls(ratio, *rest)
+        # On the device, as diffusers computes them (a GPU's cos may differ from the CPU's in the last bit),
+        # all steps at once: an elementwise op computes each element alike however many there are. No host
+        # sync: the previous timestep is looked up with a device index.
+        timesteps = torch.linspace(1.0, 0.0, num_steps + 1, device=device)
+        ratio = timesteps[:-1].to(dtype)
+        return cls(ratio, *_step_values(timesteps, ratio, config))
 
     def update(
         self, index: torch.Tensor, sample: torch.Tensor, model_output: torch.Tensor, noise: torch.Tensor
@@ -95,27 +95,29 @@ class WuerstchenSchedule:
 
 
 def _alpha_cumprod(t: torch.Tensor, config: SchedulerConfig) -> torch.Tensor:
-    """diffusers' `_alpha_cumprod`, same expression and order."""
+    """diffusers' `_alpha_cumprod`, same expression and order, on `t`'s device (its `s` and initial value
+    are made on the CPU and moved, as diffusers makes them in the scheduler's constructor)."""
     if config.scaler > 1:
         t = 1 - (1 - t) ** config.scaler
     elif config.scaler < 1:
         t = t**config.scaler
     s = torch.tensor([config.s])
-    init = torch.cos(s / (1 + s) * torch.pi * 0.5) ** 2
+    init = (torch.cos(s / (1 + s) * torch.pi * 0.5) ** 2).to(t.device)
+    s = s.to(t.device)
     return (torch.cos((t + s) / (1 + s) * torch.pi * 0.5) ** 2 / init).clamp(0.0001, 0.9999)
 
 
 def _step_values(
-    timesteps: torch.Tensor, i: int, dtype: torch.dtype, config: SchedulerConfig
+    timesteps: torch.Tensor, t: torch.Tensor, config: SchedulerConfig
 ) -> tuple[torch.Tensor, ...]:
-    """The values diffusers computes in step i, each as a (1,) tensor.
+    """The fp32 values diffusers computes in each step, for the (N,) timesteps `t` in the model dtype.
 
     diffusers passes the timestep already cast to the model dtype and looks up the previous timestep by
-    nearest match in fp32: both kept, so a bf16 run uses the same rounded timestep as diffusers does.
+    nearest match in fp32 (`argmin` of the distance, first on ties): both kept, so a bf16 run uses the same
+    rounded timestep as diffusers does.
     """
-    t = timesteps[i : i + 1].to(dtype)
-    index = int((timesteps - t[0]).abs().argmin())
-    prev_t = timesteps[index + 1][None]
+    index = (timesteps[None, :] - t[:, None]).abs().argmin(dim=1)
+    prev_t = timesteps[index + 1]
     alpha_cumprod = _alpha_cumprod(t, config)
     alpha_cumprod_prev = _alpha_cumprod(prev_t, config)
     alpha = alpha_cumprod / alpha_cumprod_prev
@@ -124,4 +126,4 @@ def _step_values(
     eps_div = (1 - alpha_cumprod).sqrt()
     std = ((1 - alpha) * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod)).sqrt()
     mask = (prev_t != 0).float()
-    return t, sample_scale, eps_scale, eps_div, std * mask
+    return sample_scale, eps_scale, eps_div, std * mask

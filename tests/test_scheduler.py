@@ -11,7 +11,7 @@ from cascade_trt.scheduler import SchedulerConfig, WuerstchenSchedule
 
 def _diffusers_run(scheduler, steps, sample, outputs, seed, dtype):
     """diffusers' loop body: the timestep in the model dtype, one noise draw per step from the generator."""
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(steps, device=sample.device)
     gen = torch.Generator().manual_seed(seed)
     result = []
     for t, eps in zip(scheduler.timesteps[:-1], outputs, strict=True):
@@ -23,8 +23,8 @@ def _diffusers_run(scheduler, steps, sample, outputs, seed, dtype):
 
 def _our_run(schedule, sample, outputs, seed, dtype):
     gen = torch.Generator().manual_seed(seed)
-    noise = [torch.randn(sample.shape, generator=gen, dtype=dtype) for _ in outputs]
-    index = torch.zeros(1, dtype=torch.int64)
+    noise = [torch.randn(sample.shape, generator=gen, dtype=dtype).to(sample.device) for _ in outputs]
+    index = torch.zeros(1, dtype=torch.int64, device=sample.device)
     result = []
     for eps, n in zip(outputs, noise, strict=True):
         sample = schedule.update(index, sample, eps, n)
@@ -60,6 +60,22 @@ def test_update_matches_diffusers_in_bf16():
     for a, b in zip(ours, theirs, strict=True):
         assert a.dtype == torch.bfloat16
         assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tables_built_on_the_gpu_give_diffusers_steps_there_bit_for_bit(dtype):
+    """diffusers computes its schedule on the model's device; so does `build`, so the GPU's own rounding of
+    cos and sqrt is in both."""
+    steps, gen = 20, torch.Generator().manual_seed(1)
+    sample = torch.randn(2, 16, 24, 24, generator=gen).to("cuda", dtype)
+    outputs = [torch.randn(2, 16, 24, 24, generator=gen).to("cuda", dtype) for _ in range(steps)]
+    schedule = WuerstchenSchedule.build(steps, dtype=dtype, device="cuda")
+    assert schedule.sample_scale.device.type == "cuda"
+    ours = _our_run(schedule, sample, outputs, seed=5, dtype=dtype)
+    theirs = _diffusers_run(DDPMWuerstchenScheduler(), steps, sample, outputs, 5, dtype)
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        assert torch.equal(a, b), f"step {i}: max diff {(a.float() - b.float()).abs().max().item()}"
 
 
 def test_tables_hold_diffusers_timesteps_and_mask_the_last_noise():
