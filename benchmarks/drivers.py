@@ -62,6 +62,14 @@ class Driver(Protocol):
 
     def stage_a(self, latents: Any) -> torch.Tensor: ...
 
+    def graph_pool_bytes(self) -> int:
+        """Device memory held by captured CUDA graphs, which replays use without allocating (0 if none)."""
+        ...
+
+    def release(self) -> None:
+        """Free what was kept for the shape just measured (static buffers, graphs), before the next shape."""
+        ...
+
 
 class DiffusersDriver:
     """diffusers' prior and decoder pipelines over the given modules (see the module docstring)."""
@@ -74,6 +82,12 @@ class DiffusersDriver:
             pipe.set_progress_bar_config(disable=True)
         self.vqgan = parts.stage_a
         self.config = parts.config
+
+    def graph_pool_bytes(self) -> int:
+        return 0  # diffusers runs eagerly: its activations are in max_memory_allocated
+
+    def release(self) -> None:
+        return None  # diffusers keeps nothing per shape
 
     @torch.no_grad()
     def encode(self, work: Workload) -> tuple[torch.Tensor, ...]:
@@ -134,6 +148,12 @@ class CascadeDriver:
         self.name = name
         self.pipe = pipe
         pipe.set_progress_bar_config(disable=True)
+
+    def graph_pool_bytes(self) -> int:
+        return self.pipe.graphs.pool_bytes
+
+    def release(self) -> None:
+        self.pipe.clear_caches()
 
     def encode(self, work: Workload) -> Any:
         return self.pipe.encode_prompt(

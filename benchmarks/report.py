@@ -27,8 +27,9 @@ MEMORY_KINDS = {
     "rss_peak": "peak resident set of the process during a call (every backend's models are resident), "
     "and in parentheses the MiB the call added",
     "rss_peak_lifetime": "lifetime peak resident set of the process (this OS cannot reset it)",
-    "cuda_max_allocated": "torch.cuda.max_memory_allocated during a call (PyTorch's allocator only), "
-    "and in parentheses the MiB the call added",
+    "cuda_max_allocated+graph_pool": "torch.cuda.max_memory_allocated during a call plus the backend's "
+    "CUDA-graph pool (where captured steps keep their activations; PyTorch's allocator only), "
+    "and in parentheses the MiB the call added, pool included",
 }
 BREAKDOWN = ("text_encoder", "stage_c_loop", "stage_b_loop", "stage_a")
 COLORS = ("#8c8c8c", "#3b75af", "#ef8636", "#519e3e")

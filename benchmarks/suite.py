@@ -70,6 +70,10 @@ class SuiteConfig:
 
         if self.repeats < 1 or self.warmup < 0:
             raise ConfigError(f"need repeats >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
+        if self.warmup < 1 and torch.device(self.device).type == "cuda":
+            raise ConfigError(
+                "--warmup 0 on CUDA would time graph capture and compilation as a call: use --warmup 1 or more"
+            )
         if self.steps_c < 1 or self.steps_b < 1:
             raise ConfigError(f"need at least one step per stage, got {self.steps_c} and {self.steps_b}")
         if (self.prior is None) != (self.decoder is None):
@@ -126,6 +130,10 @@ def run_suite(
                     f"  {r['backend']}: end to end {r['timings_s']['end_to_end']['median'] * 1e3:.1f} ms{note}"
                 )
             records += shape_records
+            for driver in built.drivers.values():
+                driver.release()  # this shape's buffers and graphs: a sweep must not pile them up
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return {
         "schema": SCHEMA,
         "environment": environment.collect(device),
@@ -214,6 +222,7 @@ def measure(
             if spans is None:
                 samples.pop(name, None)
                 continue
+            memory.add_graph_pool(live[name].graph_pool_bytes())
             peaks[name] = max(peaks[name], memory.read())
             call_bytes[name] = max(call_bytes[name], memory.call_bytes())
             for metric, value in spans.items():

@@ -40,8 +40,10 @@ class CudaClock(Clock):
         self.device = device
 
     def mark(self) -> Any:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
+        # The measured device's current stream, which need not be the current device's.
+        with torch.cuda.device(self.device):
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(torch.cuda.current_stream(self.device))
         return event
 
     def sync(self) -> None:

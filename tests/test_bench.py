@@ -201,7 +201,7 @@ def test_gpu_run_records_events_memory_and_floor(tmp_path: Path) -> None:
     doc = run_suite(cfg, workdir=str(tmp_path))
     schema.check(doc)
     assert doc["clock"] == "cuda_events" and doc["matmul_peak_tflops"] > 1
-    assert all(r["memory_kind"] == "cuda_max_allocated" for r in doc["records"])
+    assert all(r["memory_kind"] == "cuda_max_allocated+graph_pool" for r in doc["records"])
 
 
 def test_backend_choice_and_skip_reasons() -> None:
@@ -213,6 +213,15 @@ def test_backend_choice_and_skip_reasons() -> None:
     assert "CUDA" in reasons["tensorrt"]
     run, skipped = choose_backends(("torch-compile", "warp-drive"), cpu)
     assert run == ["torch-compile"] and skipped[0]["backend"] == "warp-drive"
+
+
+def test_a_cuda_run_needs_a_warm_up_call() -> None:
+    from cascade_trt.benchmarks.suite import SuiteConfig
+
+    # The first call at a shape captures graphs (and compiles): timing it would report capture, not a call.
+    with pytest.raises(ConfigError, match="--warmup 1"):
+        SuiteConfig(preset="tiny", warmup=0, device="cuda:0")
+    assert SuiteConfig(preset="tiny", warmup=0, device="cpu").warmup == 0
 
 
 def test_precision_flag_takes_one_or_per_stage() -> None:

@@ -244,6 +244,7 @@ def test_torch_compile_matches_eager(dirs, pipes):
     compiled = CascadePipeline.from_pretrained(*dirs, backend="torch", device="cpu", compile=True)
     compiled.set_progress_bar_config(disable=True)
     assert all(runner.forward is not runner.module for runner in compiled.runners.values())
+    assert torch._dynamo.config.recompile_limit >= 64  # a size sweep stays compiled past Dynamo's default 8
     kwargs = dict(_kwargs("prior-guided"), negative_prompt=NEGATIVES[0], num_images_per_prompt=1)
     kwargs.update(prior_num_inference_steps=4, num_inference_steps=3)
     want = pipes["torch"](PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs).images

@@ -32,6 +32,8 @@ class TorchRunner(StageRunner):
         super().__init__(spec, dtype, device)
         self.module = module.to(self.device).eval().requires_grad_(False)
         # dynamic=False: each (batch, size) gets its own specialised graph, as the CUDA-graph cache does.
+        if compile:
+            allow_recompiles(RECOMPILE_LIMIT)
         self.forward = torch.compile(self.module, dynamic=False) if compile else self.module
 
     def execute(self, bindings: Bindings) -> None:
@@ -40,6 +42,19 @@ class TorchRunner(StageRunner):
         results = result if isinstance(result, tuple) else (result,)
         for name, value in zip(self.spec.output_names, results, strict=True):
             bindings.outputs[name].copy_(value)
+
+
+# Shapes one compiled stage may specialise for. Dynamo's default (8) counts every (model batch, height, width)
+# of a stage's wrapper class across all its instances, guided and unguided apart; past it, Dynamo warns once
+# and runs the stage eagerly from then on, which a size sweep would silently report as compiled.
+RECOMPILE_LIMIT = 64
+
+
+def allow_recompiles(limit: int) -> None:
+    """Raise Dynamo's per-function recompile limit to at least `limit` (a process-wide setting)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    setattr(config, name, max(int(getattr(config, name)), limit))
 
 
 def create_runner(
