@@ -36,5 +36,9 @@ class ArtifactMismatchError(CascadeError, ValueError):
     """An ONNX model or engine on disk was made for something else than what is asked of it."""
 
 
+class CaptureError(CascadeError, RuntimeError):
+    """A denoising step could not be captured in a CUDA graph (an op that syncs with the host, say)."""
+
+
 class NonFiniteOutputError(CascadeError, FloatingPointError):
     """A stage produced NaN or infinite values (fp16 overflow, typically)."""

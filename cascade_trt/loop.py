@@ -20,6 +20,7 @@ import torch
 
 from cascade_trt.backends.base import Bindings, StageRunner
 from cascade_trt.cuda_graphs import GraphCache, GraphKey
+from cascade_trt.errors import CaptureError
 from cascade_trt.scheduler import SchedulerConfig, WuerstchenSchedule
 
 Progress = Callable[[Iterable[int], str], Iterable[int]]
@@ -150,18 +151,28 @@ class Denoiser:
         if self.graphs.enabled and runner.capturable:
             # Capture before loading: warm-up runs the step on the buffers, from step 0 each time (the index
             # may still hold a previous run's end, and a 1-step table has no step 1 to read).
-            step = self.graphs.get_or_capture(key, loop.step, rewind=loop.index.zero_).replay
+            step = self._captured(key, runner, loop)
+        # In the compute dtype, as diffusers draws and rounds in the model's dtype; `load` casts to the IO's.
         schedule = WuerstchenSchedule.build(
-            run.num_steps, dtype=runner.dtype, device=runner.device, config=run.scheduler
+            run.num_steps, dtype=runner.compute_dtype, device=runner.device, config=run.scheduler
         )
         latents, noise = draw_noise(
-            loop.latents.shape, run.num_steps, run.generator, runner.dtype, runner.device
+            loop.latents.shape, run.num_steps, run.generator, runner.compute_dtype, runner.device
         )
         loop.load(schedule, latents, noise, run.conditioning, run.guidance_scale)
         with torch.no_grad():
             for _ in progress(range(run.num_steps), runner.spec.name):
                 step()
         return loop.latents.clone()
+
+    def _captured(self, key: GraphKey, runner: StageRunner, loop: StageLoop) -> Callable[[], None]:
+        try:
+            return self.graphs.get_or_capture(key, loop.step, rewind=loop.index.zero_).replay
+        except RuntimeError as exc:  # CUDA reports a capture-breaking op as a RuntimeError
+            raise CaptureError(
+                f"capturing the {runner.spec.name} step at batch {key[1]}, {key[2]}x{key[3]} in a CUDA graph "
+                f"failed ({exc}); create the pipeline with cuda_graphs=False (--no-cuda-graphs) to run it uncaptured"
+            ) from exc
 
     def clear(self) -> None:
         """Forget every loop's buffers (drop the graphs that point at them too: `GraphCache.clear`)."""

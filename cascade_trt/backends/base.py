@@ -53,6 +53,12 @@ class StageRunner(ABC):
     def tensor_dtype(self, token: str) -> torch.dtype:
         return self.dtype if token == COMPUTE else _FIXED_DTYPES[token]
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the stage computes in. The loop draws noise and rounds timesteps in it, as diffusers does
+        in the model's dtype; it differs from `dtype` (that of the IO) only for an engine with fp32 IO."""
+        return self.dtype
+
     def check_shape(self, batch: int, height: int, width: int) -> None:
         """Raise `ShapeError` when the runner cannot run this shape (outside an engine's profile, say)."""
         return None

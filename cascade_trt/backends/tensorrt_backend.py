@@ -141,6 +141,10 @@ class TensorRTRunner(StageRunner):
         self.memory = memory or ActivationMemory(device)
         self.memory.reserve(int(self.engine.device_memory_size_v2))  # the largest over the engine's profiles
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]  # not `dtype` for a weakly typed build, whose IO stays fp32
+
     def check_shape(self, batch: int, height: int, width: int) -> None:
         check_request(self.spec, self.shapes, batch, height, width, engine=self.name)
         check_profiles(self.spec, self.profiles, batch, height, width, engine=self.name)
