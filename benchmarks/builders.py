@@ -114,11 +114,10 @@ def _build_one(
 
     kwargs: dict[str, Any] = {"device": device, "precision": dict(policy.stages)}
     if name in ("torch", "torch-compile"):
-        if name == "torch-compile":
-            # A row labelled torch-compile must be compiled: past the recompile limit, fail rather than run
-            # eagerly (the failure is recorded for that shape and the other backends go on).
-            if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):  # torch >= 2.6
-                torch._dynamo.config.fail_on_recompile_limit_hit = True
+        # A row labelled torch-compile must be compiled: past the recompile limit, fail rather than run
+        # eagerly (the failure is recorded for that shape and the other backends go on). torch >= 2.6.
+        if name == "torch-compile" and hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+            torch._dynamo.config.fail_on_recompile_limit_hit = True
         pipe = CascadePipeline.from_components(
             parts, backend="torch", compile=name == "torch-compile", **kwargs
         )
