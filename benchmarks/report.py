@@ -45,7 +45,6 @@ def write_json(doc: dict[str, Any], path: str | Path) -> Path:
 def _write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-        tmp.chmod(0o644)  # mkstemp makes files private; results are for sharing
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

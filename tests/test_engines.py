@@ -256,6 +256,19 @@ def test_write_engine_writes_engine_then_manifest(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage_a.json", "stage_a.plan"]
 
 
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    """Not mkstemp's private 0600: another user who can read the engine must be able to read its manifest."""
+    old = os.umask(0o022)
+    try:
+        path = engine_path(tmp_path, "stage_a")
+        write_engine(path, b"PLAN", {"cache_key": "k"})
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"stage_a.plan": 0o644, "stage_a.json": 0o644, "plain": 0o644}
+
+
 def test_failed_write_leaves_no_engine_and_no_manifest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
