@@ -74,6 +74,8 @@ class SuiteConfig:
             raise ConfigError(
                 "--warmup 0 on CUDA would time graph capture and compilation as a call: use --warmup 1 or more"
             )
+        if not self.batches or any(not isinstance(b, int) or b < 1 for b in self.batches):
+            raise ConfigError(f"--batch: images per call must be positive integers, got {list(self.batches)}")
         if self.steps_c < 1 or self.steps_b < 1:
             raise ConfigError(f"need at least one step per stage, got {self.steps_c} and {self.steps_b}")
         if (self.prior is None) != (self.decoder is None):
@@ -110,7 +112,9 @@ def run_suite(
     peak_tflops = _matrix_peak(device, progress)
     clock, memory = make_clock(device), PeakMemory(device)
     records = []
-    for height, width in cfg.sizes:
+    if not built.drivers:
+        progress("no backend can run: nothing to measure")
+    for height, width in cfg.sizes if built.drivers else ():
         for batch in cfg.batches:
             work = _workload(cfg, height, width, batch)
             progress(f"measuring {height}x{width} batch {batch}: {', '.join(built.drivers)}")

@@ -24,7 +24,7 @@ from cascade_trt.benchmarks.suite import METRICS, add_floor, add_ratios, choose_
 from cascade_trt.benchmarks.timing import Clock, percentile, summarize
 
 from cascade_trt.cli import main
-from cascade_trt.cli.bench import parse_precision
+from cascade_trt.cli.bench import missing_backends, parse_precision
 from cascade_trt.configs import FULL, LITE, TINY
 from cascade_trt.errors import ConfigError
 
@@ -41,7 +41,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     argv = ["bench", "--preset", "tiny", "--backends", *BACKENDS, "--sizes", "256", "--batch", "1"]
     argv += ["--steps", "2", "2", "--warmup", "1", "--repeats", "2", "--device", "cpu", "--out", str(out)]
-    assert main(argv) == 0
+    # tensorrt was asked for and cannot run on a CPU: the results are written, and the exit status says so.
+    assert main(argv) == 1
     return out
 
 
@@ -126,6 +127,40 @@ def test_compare_shows_two_files_side_by_side(run_dir: Path, doc: dict, tmp_path
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert len(rows) == len(doc["records"])
     assert all(row.count("(2.00)") == 5 for row in rows)  # five stage columns, each B/A = 2
+    # The --out directories themselves are accepted too.
+    assert main(["bench", "--compare", str(run_dir), str(b.parent)]) == 0
+
+
+def test_compare_refuses_what_is_not_a_results_file(run_dir: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "results.md").write_text("| a table |\n")
+    assert main(["bench", "--compare", str(run_dir), str(tmp_path / "results.md")]) == 2
+    assert "is not a results.json written by cascade-trt bench" in capsys.readouterr().err
+    assert main(["bench", "--compare", str(run_dir), str(tmp_path)]) == 2  # a directory without results.json
+    assert "results.json does not exist" in capsys.readouterr().err
+
+
+def test_exit_status_names_backends_without_results(doc: dict) -> None:
+    assert "tensorrt" not in {r["backend"] for r in doc["records"]}
+    assert missing_backends(doc, requested=("diffusers", "torch")) == []
+    assert missing_backends(doc, requested=("diffusers", "tensorrt")) == ["tensorrt"]
+    assert missing_backends(doc, requested=None) == []  # the default: whatever can run, and something did
+    nothing = {**doc, "records": []}
+    assert missing_backends(nothing, requested=None) == ["any backend"]
+    # A backend that failed at one of two shapes is missing too.
+    other_shape = [{**r, "height": 512} for r in doc["records"] if r["backend"] != "torch"]
+    assert missing_backends({**doc, "records": doc["records"] + other_shape}, ("diffusers", "torch")) == [
+        "torch"
+    ]
+
+
+def test_bad_backend_names_and_batches_are_refused_before_anything_runs(capsys) -> None:
+    from cascade_trt.benchmarks.suite import SuiteConfig
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--backends", "onnx-runtime", "--out", "unused"])
+    assert exit_info.value.code == 2 and "invalid choice: 'onnx-runtime'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--batch"):
+        SuiteConfig(preset="tiny", batches=(1, 0))
 
 
 def test_schema_check_catches_tampering(doc: dict) -> None:

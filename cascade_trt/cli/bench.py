@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cascade_trt.benchmarks import BACKENDS
 from cascade_trt.errors import ConfigError
 
 
@@ -32,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--backends",
         nargs="+",
         metavar="NAME",
-        help="any of diffusers torch torch-compile onnxruntime tensorrt (default: every one that can run here)",
+        choices=BACKENDS,
+        help=f"any of {' '.join(BACKENDS)} (default: every one that can run here; a backend named here that "
+        "cannot run, or fails, makes the exit status 1)",
     )
     p.add_argument(
         "--sizes",
@@ -73,12 +76,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--engine-dir", help="TensorRT engines for tensorrt (built with `cascade-trt build`)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the sampling noise")
-    p.add_argument("--out", metavar="DIR", help="directory for results.json, results.md, results.png")
+    p.add_argument(
+        "--out", metavar="DIR", help="directory for results.json, results.md, results.png (required to run)"
+    )
     p.add_argument(
         "--compare",
         nargs=2,
         metavar=("A", "B"),
-        help="print two result files side by side (no benchmark runs)",
+        help="print two results (results.json files, or the --out directories holding them) side by side; "
+        "no benchmark runs",
     )
     p.set_defaults(func=run)
 
@@ -149,20 +155,50 @@ def run(args: argparse.Namespace) -> int:
     schema.check(doc)  # after writing, so a document that fails the check can still be inspected
     print(report.markdown(doc))
     print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}", file=sys.stderr)
+    missing = missing_backends(doc, requested=cfg.backends)
+    if missing:
+        print(
+            f"cascade-trt bench: no result from {', '.join(missing)} (the reasons are under Skipped)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def missing_backends(doc: dict, requested: tuple[str, ...] | None) -> list[str]:
+    """What should have results and has none: each backend named with --backends that lacks a result at some
+    measured shape (or at all); with no --backends, "any backend" when nothing at all was measured."""
+    if requested is None:
+        return [] if doc["records"] else ["any backend"]
+    measured: dict[str, set[tuple[int, int, int]]] = {}
+    for r in doc["records"]:
+        measured.setdefault(r["backend"], set()).add((r["height"], r["width"], r["batch"]))
+    shapes = set().union(*measured.values())
+    return [name for name in dict.fromkeys(requested) if not shapes or measured.get(name) != shapes]
 
 
 def _compare(args: argparse.Namespace) -> int:
     from cascade_trt.benchmarks import report, schema
 
-    docs = []
-    for path in args.compare:
-        if not Path(path).is_file():
-            raise ConfigError(f"--compare: {path} does not exist (pass two results.json files)")
-        doc = report.read_json(path)
+    docs, paths = [], []
+    for given in args.compare:
+        path = Path(given)
+        if path.is_dir():
+            path = path / "results.json"
+        if not path.is_file():
+            raise ConfigError(
+                f"--compare: {path} does not exist (pass two results.json files or --out directories)"
+            )
+        try:
+            doc = report.read_json(path)
+        except ValueError as exc:  # json's decode error
+            raise ConfigError(
+                f"--compare: {path} is not a results.json written by cascade-trt bench ({exc})"
+            ) from exc
         schema.check(doc)
         docs.append(doc)
-    names = tuple(f"{Path(p).parent.name}/{Path(p).name}" for p in args.compare)
+        paths.append(path)
+    names = tuple(f"{p.parent.name}/{p.name}" for p in paths)
     text = report.compare(docs[0], docs[1], names=names)
     if args.out:
         out = Path(args.out)
