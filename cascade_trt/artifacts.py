@@ -51,6 +51,28 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def export_command(out_dir: str | Path, stage: str | None = None, precision: str | None = None) -> str:
+    """The `cascade-trt export` command that (re)writes `stage` (every stage when None) into `out_dir`, for
+    error messages; P and D stand for the prior and decoder the user exported from."""
+    command = f"cascade-trt export --prior P --decoder D --out {out_dir}"
+    if stage is not None:
+        command += f" --stages {stage}"
+    if precision is not None:
+        command += f" --precision {precision}"
+    return f"`{command}`"
+
+
+def missing_onnx_message(path: str | Path, stage: str) -> str:
+    """Why an exported stage cannot be used: no directory, or no complete model in it."""
+    directory = Path(path).parent
+    if not directory.is_dir():
+        return f"the ONNX directory {directory} does not exist: export the models with {export_command(directory)}"
+    return (
+        f"{path} or its manifest is missing (an export that did not finish, or none): export it with "
+        f"{export_command(directory, stage)}"
+    )
+
+
 def _umask() -> int:
     mask = os.umask(0o022)  # the only portable way to read it is to set it, then put it back
     os.umask(mask)

@@ -32,7 +32,14 @@ from cascade_trt.engines.onnx_stage import OnnxStage, policy_config, select_expo
 from cascade_trt.engines.passes import apply_passes, passes_for
 from cascade_trt.engines.profiles import BuildShapes, profiles_to_json
 
-from cascade_trt.artifacts import atomic_path, engine_path, manifest_path, read_manifest, write_json
+from cascade_trt.artifacts import (
+    atomic_path,
+    engine_path,
+    export_command,
+    manifest_path,
+    read_manifest,
+    write_json,
+)
 from cascade_trt.errors import ArtifactMismatchError, CascadeError, ConfigError
 from cascade_trt.precision import PrecisionPolicy
 
@@ -98,8 +105,8 @@ def check_graph_precision(stage: OnnxStage, precision: str, *, strongly_typed: b
         raise ArtifactMismatchError(
             f"{stage.path.name} is an {have} graph but {precision} was asked for {stage.name}: TensorRT builds "
             f"strongly typed networks, so the precision comes from the graph. Re-export it with "
-            f"`cascade-trt export --stages {stage.name} --precision {precision} ...`, or build with "
-            f"--precision {have}"
+            f"{export_command(stage.path.parent, stage.name, precision)} (on a GPU: --device cuda), or build "
+            f"with --precision {have}"
             + (" (or --weakly-typed on TensorRT 10 with an fp32 graph)" if have == "fp32" else "")
         )
     if not strongly_typed and have != "fp32":
@@ -120,8 +127,8 @@ def build_engines(
     device: Any = None,
 ) -> dict[str, Path]:
     """Build `out_dir/<stage>.plan` + `<stage>.json` for each stage; returns {stage: engine path}."""
+    trt = import_tensorrt()  # first: without TensorRT nothing below can help
     plans = plan_builds(onnx_dir, precision=precision, stages=stages, options=options)
-    trt = import_tensorrt()
     _check_typing_supported(trt, options)
     target = Target.current(trt, device)
     built = {}

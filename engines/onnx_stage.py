@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cascade_trt.artifacts import onnx_path, read_manifest
+from cascade_trt.artifacts import missing_onnx_message, onnx_path, read_manifest
 from cascade_trt.configs import FULL, PRESETS, CascadeConfig, UNetConfig
 from cascade_trt.errors import ArtifactMismatchError, ConfigError
 from cascade_trt.stages import COMPUTE, STAGE_NAMES, StageSpec, TensorSpec, stage_specs
@@ -38,10 +38,7 @@ def read_onnx_stage(onnx_dir: str | Path, stage: str) -> OnnxStage:
     path = onnx_path(onnx_dir, stage)
     manifest = read_manifest(path)
     if manifest is None:
-        raise ArtifactMismatchError(
-            f"{path} or its manifest is missing (an export that did not finish, or none): export it first, "
-            f"`cascade-trt export --stages {stage} --out {onnx_dir} ...`"
-        )
+        raise ArtifactMismatchError(missing_onnx_message(path, stage))
     if manifest.get("stage") != stage:
         raise ArtifactMismatchError(
             f"{path}'s manifest describes {manifest.get('stage')!r}, not {stage}: re-export it"

@@ -347,8 +347,10 @@ def test_explicit_fp16_on_full_stage_c_warns(tmp_path: Path) -> None:
 
 def test_graph_precision_must_match_the_policy(tmp_path: Path) -> None:
     _fake_export(tmp_path, FULL, "stage_c", "fp32")
+    # The remedy is a whole command (the prior and decoder placeholders included), not a fragment.
+    remedy = rf"`cascade-trt export --prior P --decoder D --out {tmp_path} --stages stage_c --precision bf16`"
     with pytest.raises(
-        ArtifactMismatchError, match=r"fp32 graph but bf16 was asked.*--precision bf16.*--weakly-typed"
+        ArtifactMismatchError, match=rf"fp32 graph but bf16 was asked.*{remedy}.*--weakly-typed"
     ):
         plan_builds(tmp_path, options=BuildOptions(SHAPES))
     weak = plan_builds(tmp_path, options=BuildOptions(SHAPES, strongly_typed=False))
@@ -367,8 +369,13 @@ def test_spec_read_back_from_manifest_matches_the_stage_description(tmp_path: Pa
 def test_missing_export_says_how_to_make_it(tmp_path: Path) -> None:
     with pytest.raises(ArtifactMismatchError, match="no exported stages"):
         plan_builds(tmp_path, options=BuildOptions(SHAPES))
-    with pytest.raises(ArtifactMismatchError, match="cascade-trt export --stages stage_b"):
+    with pytest.raises(
+        ArtifactMismatchError,
+        match=rf"stage_b.onnx or its manifest is missing.*--out {tmp_path} --stages stage_b`",
+    ):
         plan_builds(tmp_path, stages=["stage_b"], options=BuildOptions(SHAPES))
+    with pytest.raises(ArtifactMismatchError, match=r"directory .*nowhere does not exist: export the models"):
+        plan_builds(tmp_path / "nowhere", stages=["stage_b"], options=BuildOptions(SHAPES))
 
 
 # --- without TensorRT ----------------------------------------------------------------------------------------
@@ -401,6 +408,10 @@ def test_build_without_tensorrt_fails_cleanly_and_writes_nothing(tmp_path: Path)
     with pytest.raises(BackendUnavailableError, match=r"pip install 'cascade-trt\[tensorrt\]'"):
         build_engines(tmp_path / "onnx", tmp_path / "engines", options=BuildOptions(SHAPES))
     assert not (tmp_path / "engines").exists()
+    # Missing TensorRT is said first: no one should re-export a graph for a build that cannot run.
+    _fake_export(tmp_path / "onnx32", FULL, "stage_c", "fp32")
+    with pytest.raises(BackendUnavailableError):
+        build_engines(tmp_path / "onnx32", tmp_path / "engines", options=BuildOptions(SHAPES))
 
 
 def test_engine_with_matching_content_key_is_kept_without_building(tmp_path: Path) -> None:

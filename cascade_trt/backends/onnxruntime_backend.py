@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from cascade_trt.artifacts import onnx_path, read_manifest
+from cascade_trt.artifacts import missing_onnx_message, onnx_path, read_manifest
 from cascade_trt.backends.base import Bindings, StageRunner
 from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, PrecisionError, ShapeError
 from cascade_trt.precision import NAMES
@@ -50,10 +50,7 @@ class OnnxRuntimeRunner(StageRunner):
 
         self.path = Path(path)
         if read_manifest(self.path) is None:
-            raise ArtifactMismatchError(
-                f"{self.path} or its manifest is missing (an export that did not finish, or none): export it with "
-                f"`cascade-trt export --stages {spec.name} --out {self.path.parent}`"
-            )
+            raise ArtifactMismatchError(missing_onnx_message(self.path, spec.name))
         self.providers = _providers(ort, self.device, providers)
         options = ort.SessionOptions()
         # Four sessions (one per stage) run one after another, each with its own intra-op pool: threads left
