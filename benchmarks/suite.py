@@ -22,6 +22,8 @@ from cascade_trt.benchmarks.forward import bare_forwards
 from cascade_trt.benchmarks.memory import PeakMemory
 from cascade_trt.benchmarks.timing import Clock, make_clock, summarize
 
+from cascade_trt.devices import check_device
+
 log = logging.getLogger("cascade_trt.bench")
 
 SCHEMA = "cascade_trt.bench/1"
@@ -103,7 +105,7 @@ def run_suite(
     cfg: SuiteConfig, *, workdir: str, progress: Callable[[str], None] = log.info
 ) -> dict[str, Any]:
     """Run the whole suite; returns the results document (see `schema`)."""
-    device = torch.device(cfg.device)
+    device = check_device(cfg.device)
     names, skipped = choose_backends(cfg.backends, device)
     for s in skipped:
         progress(f"skip {s['backend']}: {s['reason']}")

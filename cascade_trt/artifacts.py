@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cascade_trt.errors import ConfigError
+
 MANIFEST_VERSION = 1
 
 
@@ -49,6 +51,23 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_output_dir(directory: str | Path, what: str) -> Path:
+    """Refuse, before any work, an output directory that cannot be made or written (nothing is created)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(
+            f"{what}: {directory} is a file, not a directory: pass a directory (new or existing)"
+        )
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what}: cannot make {directory}, since {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: cannot write into {existing} (permission denied): pick another directory")
+    return directory
 
 
 def export_command(out_dir: str | Path, stage: str | None = None, precision: str | None = None) -> str:

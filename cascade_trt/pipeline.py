@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from cascade_trt.backends.base import Bindings
 from cascade_trt.checkpoints import CascadeComponents, load_components, resolve_pipeline_dir
 from cascade_trt.configs import CascadeConfig
 from cascade_trt.cuda_graphs import GraphCache
+from cascade_trt.devices import check_device
 from cascade_trt.errors import ConfigError, NonFiniteOutputError, ShapeError
 from cascade_trt.loop import Denoiser, StageRun
 from cascade_trt.precision import NAMES, PrecisionPolicy
@@ -115,6 +117,7 @@ class CascadePipeline:
         backends load only the tokenizer and configs and run the models in `onnx_dir` / `engine_dir`.
         """
         backend_module(backend)  # unknown backend: fail before loading anything
+        device = check_device(device)
         prior_dir = resolve_pipeline_dir(prior, "prior", subfolder=prior_subfolder)
         decoder_dir = resolve_pipeline_dir(decoder, "decoder", subfolder=decoder_subfolder)
         config = CascadeConfig.from_pretrained(
@@ -176,7 +179,10 @@ class CascadePipeline:
         backend_module(backend)  # unknown backend: ConfigError naming the choices
         if components.tokenizer is None:
             raise ConfigError("components have no tokenizer: load them with the text_encoder stage")
-        device = torch.device(device)
+        device = check_device(device)
+        _warn_unused_options(
+            backend, onnx_dir=onnx_dir, engine_dir=engine_dir, providers=providers, compile=compile
+        )
         policy = PrecisionPolicy.resolve(components.config, precision, device=device, target=backend)
         dtypes = {stage: policy.dtype(stage) for stage in PIPELINE_STAGES}
         options = {"providers": providers, "compile": compile, "onnx_dir": onnx_dir, "engine_dir": engine_dir}
@@ -492,3 +498,24 @@ def _build_runners(
             extra["module"] = stage_module(components, stage).to(device=device, dtype=dtypes[stage])
         runners[stage] = create_runner(backend, spec, dtype=dtypes[stage], device=device, **options, **extra)
     return runners
+
+
+# The backends each backend-specific option is for; given to another backend, it would be silently ignored.
+_OPTION_BACKENDS = {
+    "onnx_dir": ("onnxruntime", "tensorrt"),  # tensorrt: checks each engine was built from these graphs
+    "engine_dir": ("tensorrt",),
+    "providers": ("onnxruntime",),
+    "compile": ("torch",),
+}
+
+
+def _warn_unused_options(backend: str, **options: Any) -> None:
+    for name, value in options.items():
+        users = _OPTION_BACKENDS[name]
+        if value not in (None, False) and backend not in users:
+            warnings.warn(
+                f"{name} is used by the {' and '.join(users)} backend{'s' if len(users) > 1 else ''} only; "
+                f"backend={backend!r} ignores it",
+                UserWarning,
+                stacklevel=3,
+            )

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cascade_trt.artifacts import check_output_dir
 from cascade_trt.checkpoints import random_components
 from cascade_trt.configs import TINY, CascadeConfig
 from cascade_trt.errors import ConfigError
@@ -22,7 +23,7 @@ def make_pipelines(
     """Write `out/prior` and `out/decoder`; returns `out`. Atomic: a crash leaves no half-written pipeline."""
     from transformers import CLIPImageProcessor
 
-    out = Path(out)
+    out = check_output_dir(out, "make-tiny DIR")
     targets = [out / "prior", out / "decoder"]
     existing = [t for t in targets if t.exists()]
     if existing and not overwrite:

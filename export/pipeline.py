@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cascade_trt.artifacts import onnx_path
+from cascade_trt.artifacts import check_output_dir, onnx_path
 from cascade_trt.checkpoints import load_components, read_component_config, resolve_pipeline_dir
 from cascade_trt.configs import CascadeConfig
+from cascade_trt.devices import check_device
 from cascade_trt.modules import stage_module
 from cascade_trt.precision import PrecisionPolicy
 from cascade_trt.stages import StageSpec, select_stages
@@ -48,6 +49,8 @@ def export_pipeline(
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    check_device(device)
+    check_output_dir(out_dir, "out_dir (--out)")
     prior_dir = resolve_pipeline_dir(prior, "prior", subfolder=prior_subfolder)
     decoder_dir = resolve_pipeline_dir(decoder, "decoder", subfolder=decoder_subfolder)
     config = CascadeConfig.from_pretrained(

@@ -119,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
         return _compare(args)
     if not args.out:
         raise ConfigError("--out DIR is required to run the benchmark (or use --compare A B)")
+    from cascade_trt.artifacts import check_output_dir
+
+    check_output_dir(args.out, "--out")
     import torch
 
     from cascade_trt.benchmarks import report, schema

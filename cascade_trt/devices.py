@@ -1,0 +1,35 @@
+"""The one check of a `device` argument, made before anything is loaded.
+
+torch accepts "cuda" on a CPU-only build until the first allocation, which then fails deep inside a
+checkpoint loader with "Torch not compiled with CUDA enabled"; an unknown type fails with torch's list of
+every device type it knows. Both are said here, in the user's terms, naming what to pass instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cascade_trt.errors import BackendUnavailableError, ConfigError
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a `torch.device`, if cascade_trt can run there: "cpu", "cuda" or "cuda:N" with a GPU N."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device={device!r} is not a device: pass 'cpu', 'cuda' or 'cuda:N'") from exc
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type != "cuda":
+        raise ConfigError(f"device={device!r}: cascade_trt runs on 'cpu' or an NVIDIA GPU ('cuda', 'cuda:N')")
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"device={device!r}, but this torch ({torch.__version__}) sees no CUDA GPU: pass device='cpu' "
+            "(--device cpu), or run on a machine with an NVIDIA GPU and a CUDA build of torch"
+        )
+    count = torch.cuda.device_count()
+    if resolved.index is not None and resolved.index >= count:
+        raise ConfigError(
+            f"device={device!r}, but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+        )
+    return resolved

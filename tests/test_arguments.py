@@ -1,0 +1,85 @@
+"""Arguments checked before any work: devices, output directories, options a backend would ignore.
+
+Each bad value must end as one line naming the argument and what to pass instead, not as a traceback from
+deep inside a loader after minutes of work.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from cascade_trt import CascadePipeline
+from cascade_trt.artifacts import check_output_dir
+from cascade_trt.checkpoints import random_components
+from cascade_trt.cli import main
+from cascade_trt.configs import TINY
+from cascade_trt.devices import check_device
+from cascade_trt.errors import BackendUnavailableError, ConfigError
+
+
+def test_devices_are_checked_in_the_users_terms() -> None:
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="'gpu' is not a device: pass 'cpu', 'cuda' or 'cuda:N'"):
+        check_device("gpu")
+    with pytest.raises(ConfigError, match="runs on 'cpu' or an NVIDIA GPU"):
+        check_device("meta")
+    if torch.cuda.is_available():
+        assert check_device("cuda").type == "cuda"
+        with pytest.raises(ConfigError, match="CUDA device"):
+            check_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(BackendUnavailableError, match="sees no CUDA GPU: pass device='cpu'"):
+            check_device("cuda")
+
+
+def test_output_directories_are_checked_before_anything_is_written(tmp_path: Path) -> None:
+    assert check_output_dir(tmp_path / "new" / "deeper", "--out") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists(), "checking creates nothing"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match="--out: .*a_file is a file, not a directory"):
+        check_output_dir(a_file, "--out")
+    with pytest.raises(ConfigError, match="cannot make .*a_file/sub, since .*a_file is a file"):
+        check_output_dir(a_file / "sub", "--out")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ConfigError, match="permission denied"):
+            check_output_dir(locked / "out", "--out")
+
+
+def test_commands_answer_bad_paths_and_devices_in_one_line(
+    tiny_prior: Path, tiny_decoder: Path, tmp_path: Path, capsys
+) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["make-tiny", str(a_file)], "make-tiny DIR: "),
+        (
+            ["export", "--prior", str(tiny_prior), "--decoder", str(tiny_decoder), "--out", str(a_file)],
+            "--out",
+        ),
+        (["bench", "--out", str(a_file)], "--out: "),
+    ]
+    generate = ["generate", "a cat", "--prior", str(tiny_prior), "--decoder", str(tiny_decoder)]
+    cases.append(([*generate, "--out", str(tmp_path / "x.png"), "--device", "gpu"], "'gpu' is not a device"))
+    if not torch.cuda.is_available():
+        cases.append(([*generate, "--out", str(tmp_path / "x.png"), "--device", "cuda"], "sees no CUDA GPU"))
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert a_file.read_text() == "x" and not (tmp_path / "x.png").exists()
+
+
+def test_an_option_the_backend_does_not_use_is_not_silently_dropped(tmp_path: Path) -> None:
+    components = random_components(TINY, stages=("text_encoder", "stage_c", "stage_b", "stage_a"))
+    with pytest.warns(UserWarning, match="onnx_dir is used by the onnxruntime and tensorrt backends only"):
+        CascadePipeline.from_components(components, backend="torch", onnx_dir=tmp_path)
+    with pytest.warns(UserWarning, match="engine_dir is used by the tensorrt backend only; backend='torch'"):
+        CascadePipeline.from_components(components, backend="torch", engine_dir=tmp_path)
