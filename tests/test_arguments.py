@@ -83,3 +83,28 @@ def test_an_option_the_backend_does_not_use_is_not_silently_dropped(tmp_path: Pa
         CascadePipeline.from_components(components, backend="torch", onnx_dir=tmp_path)
     with pytest.warns(UserWarning, match="engine_dir is used by the tensorrt backend only; backend='torch'"):
         CascadePipeline.from_components(components, backend="torch", engine_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["generate", "a cat", "--prior", "P", "--decoder", "D", "--out", "x.png", "--prior-steps", "-1"],
+            "argument --prior-steps: must be a positive integer, got '-1'",
+        ),
+        (
+            ["generate", "a cat", "--prior", "P", "--decoder", "D", "--out", "x.png", "--num-images", "0"],
+            "argument --num-images: must be a positive integer",
+        ),
+        (["bench", "--out", "o", "--repeats", "0"], "argument --repeats: must be a positive integer"),
+        (["bench", "--out", "o", "--warmup", "-1"], "argument --warmup: must be 0 or more"),
+        (
+            ["build", "--onnx", "o", "--out", "e", "--max-batch", "two"],
+            "argument --max-batch: must be an integer",
+        ),
+    ],
+)
+def test_counts_are_refused_while_parsing_with_their_flag(argv: list[str], expected: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and expected in capsys.readouterr().err

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cascade_trt.benchmarks import BACKENDS
+from cascade_trt.cli.argtypes import non_negative_int, positive_int
 from cascade_trt.errors import ConfigError
 
 
@@ -45,10 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image sides: 1024 or 1024x768 (px); default 256 for tiny, 1024 otherwise",
     )
     p.add_argument(
-        "--batch", nargs="+", type=int, default=[1], metavar="N", help="images per call (default 1)"
+        "--batch", nargs="+", type=positive_int, default=[1], metavar="N", help="images per call (default 1)"
     )
     p.add_argument(
-        "--steps", nargs=2, type=int, default=[20, 10], metavar=("STAGE_C", "STAGE_B"), help="default 20 10"
+        "--steps",
+        nargs=2,
+        type=positive_int,
+        default=[20, 10],
+        metavar=("STAGE_C", "STAGE_B"),
+        help="default 20 10",
     )
     p.add_argument(
         "--guidance",
@@ -58,8 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar=("STAGE_C", "STAGE_B"),
         help="default 4 0",
     )
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per backend and shape (default 1)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per backend and shape (default 5)")
+    p.add_argument(
+        "--warmup", type=non_negative_int, default=1, help="untimed calls per backend and shape (default 1)"
+    )
+    p.add_argument(
+        "--repeats", type=positive_int, default=5, help="timed calls per backend and shape (default 5)"
+    )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument(
         "--precision",

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cascade_trt.cli.argtypes import positive_int
 from cascade_trt.errors import ConfigError
 from cascade_trt.stages import STAGE_NAMES, BatchRange, SizeRange
 
@@ -36,9 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-size", type=int, help="largest image side, px (default 1536)")
     p.add_argument("--static", metavar="HxW", help="one fixed image size instead of a range, e.g. 1024x1024")
     p.add_argument(
-        "--max-batch", type=int, default=4, help="most images per call, before guidance doubles it"
+        "--max-batch", type=positive_int, default=4, help="most images per call, before guidance doubles it"
     )
-    p.add_argument("--opt-batch", type=int, default=1, help="images per call TensorRT tunes for")
+    p.add_argument("--opt-batch", type=positive_int, default=1, help="images per call TensorRT tunes for")
     p.add_argument(
         "--no-guidance", action="store_true", help="guided stages never see the doubled (cond + uncond) batch"
     )

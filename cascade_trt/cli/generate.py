@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cascade_trt.cli.argtypes import DefaultsHelpFormatter, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -12,25 +14,52 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generate images from a prompt with CascadePipeline (torch, onnxruntime or tensorrt)",
         description="Runs the text encoder, Stage C, Stage B and Stage A and writes PNGs. With several images, "
         "OUT gets a -<index> suffix per image.",
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("prompt", help="the text prompt")
     p.add_argument("--prior", required=True, help="StableCascadePriorPipeline directory or hub id")
     p.add_argument("--decoder", required=True, help="StableCascadeDecoderPipeline directory or hub id")
-    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="image file to write (format from the extension: .png, .jpg...)",
+    )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime", "tensorrt"],
+        help="what runs the stages",
+    )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="auto: fp32 on CPU; on GPU bf16 for the full Stage C, fp16 elsewhere",
+    )
     p.add_argument("--onnx-dir", type=Path, help="exported ONNX models (onnxruntime backend)")
     p.add_argument("--engine-dir", type=Path, help="built TensorRT engines (tensorrt backend)")
-    p.add_argument("--negative-prompt", default=None, help="negative prompt (default: empty)")
-    p.add_argument("--height", type=int, default=1024, help="image height in px, a multiple of 128")
-    p.add_argument("--width", type=int, default=1024, help="image width in px, a multiple of 128")
-    p.add_argument("--num-images", type=int, default=1, help="images for the prompt (num_images_per_prompt)")
-    p.add_argument("--prior-steps", type=int, default=20, help="Stage C steps (prior_num_inference_steps)")
+    p.add_argument("--negative-prompt", default=None, help="negative prompt (none: empty)")
+    p.add_argument("--height", type=positive_int, default=1024, help="image height in px, a multiple of 128")
+    p.add_argument("--width", type=positive_int, default=1024, help="image width in px, a multiple of 128")
+    p.add_argument(
+        "--num-images", type=positive_int, default=1, help="images for the prompt (num_images_per_prompt)"
+    )
+    p.add_argument(
+        "--prior-steps", type=positive_int, default=20, help="Stage C steps (prior_num_inference_steps)"
+    )
     p.add_argument("--prior-guidance", type=float, default=4.0, help="Stage C guidance (on above 1)")
-    p.add_argument("--decoder-steps", type=int, default=10, help="Stage B steps (num_inference_steps)")
+    p.add_argument(
+        "--decoder-steps", type=positive_int, default=10, help="Stage B steps (num_inference_steps)"
+    )
     p.add_argument("--decoder-guidance", type=float, default=0.0, help="Stage B guidance (on above 1)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the CPU generator (diffusers-identical)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the CPU generator, as diffusers seeds it (none: random)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the modules (torch backend)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the loops uncaptured")
     p.add_argument("--prior-subfolder", default="prior", help="prior UNet subfolder (prior_lite for lite)")
