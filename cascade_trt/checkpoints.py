@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from cascade_trt.configs import CascadeConfig
-from cascade_trt.errors import CheckpointError
+from cascade_trt.errors import ArtifactMismatchError, CheckpointError
 
 Kind = Literal["prior", "decoder"]
 
@@ -311,6 +311,92 @@ def random_components(
     if "stage_a" in stages:
         out.stage_a = build("stage_a", lambda: PaellaVQModel(**config.stage_a.to_diffusers()))
     return out
+
+
+def component_origin(
+    stage: str,
+    prior_dir: Path,
+    decoder_dir: Path,
+    *,
+    prior_subfolder: str = "prior",
+    decoder_subfolder: str = "decoder",
+) -> tuple[Kind, Path, str]:
+    """Where a stage's weights live: (pipeline kind, pipeline directory, subfolder)."""
+    origins: dict[str, tuple[Kind, Path, str]] = {
+        "text_encoder": ("prior", prior_dir, "text_encoder"),
+        "image_encoder": ("prior", prior_dir, "image_encoder"),
+        "stage_c": ("prior", prior_dir, prior_subfolder),
+        "stage_b": ("decoder", decoder_dir, decoder_subfolder),
+        "stage_a": ("decoder", decoder_dir, "vqgan"),
+    }
+    return origins[stage]
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_CHUNKS, _CHUNK = 64, 4096
+
+
+def checkpoint_fingerprint(directory: str | Path) -> str | None:
+    """A short fingerprint of the weight files in a component directory, without loading them (None: none).
+
+    File names, sizes and 64 evenly spaced 4 KiB chunks of each: a few hundred KiB read from disk, where
+    `weights_hash` must load the model. Two checkpoints with different weights (another seed, a fine-tune)
+    differ all through their files, so the sample tells them apart; it is an identity check, not a checksum.
+    """
+    import hashlib
+
+    files = sorted(p for p in Path(directory).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        h.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as f:
+            for i in range(_CHUNKS):
+                f.seek(size * i // _CHUNKS)
+                h.update(f.read(_CHUNK))
+    return h.hexdigest()[:16]
+
+
+def check_exported_sources(
+    onnx_dir: str | Path,
+    stages: tuple[str, ...],
+    prior_dir: Path,
+    decoder_dir: Path,
+    *,
+    prior_subfolder: str = "prior",
+    decoder_subfolder: str = "decoder",
+) -> None:
+    """Refuse ONNX models exported from other weights than the checkpoints the pipeline was given.
+
+    Each export manifest records the fingerprint of the weight files it was traced from; a model whose
+    fingerprint differs from the given checkpoint's would make images of another model under this one's name.
+    Stages without a model or without a recorded fingerprint are left to the loader.
+    """
+    from cascade_trt.artifacts import export_command, onnx_path, read_manifest
+
+    for stage in stages:
+        path = onnx_path(onnx_dir, stage)
+        manifest = read_manifest(path)
+        recorded = (manifest or {}).get("source", {}).get("fingerprint")
+        if recorded is None:
+            continue
+        kind, directory, subfolder = component_origin(
+            stage,
+            prior_dir,
+            decoder_dir,
+            prior_subfolder=prior_subfolder,
+            decoder_subfolder=decoder_subfolder,
+        )
+        given = checkpoint_fingerprint(directory / subfolder)
+        if given is not None and given != recorded:
+            source = manifest["source"]
+            raise ArtifactMismatchError(
+                f"{path} was exported from other weights ({source.get('checkpoint')}, {source.get('subfolder')}) "
+                f"than the {kind} given here ({directory}, {subfolder}): re-export it from this checkpoint with "
+                f"{export_command(Path(onnx_dir), stage)}, or pass the checkpoint it was exported from"
+            )
 
 
 def weights_hash(module: torch.nn.Module) -> str:

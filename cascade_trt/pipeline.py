@@ -23,7 +23,12 @@ import torch
 
 from cascade_trt.backends import RUNS_MODULES, StageRunner, backend_module, create_runner
 from cascade_trt.backends.base import Bindings
-from cascade_trt.checkpoints import CascadeComponents, load_components, resolve_pipeline_dir
+from cascade_trt.checkpoints import (
+    CascadeComponents,
+    check_exported_sources,
+    load_components,
+    resolve_pipeline_dir,
+)
 from cascade_trt.configs import CascadeConfig
 from cascade_trt.cuda_graphs import GraphCache
 from cascade_trt.devices import check_device
@@ -124,6 +129,15 @@ class CascadePipeline:
             prior_dir, decoder_dir, prior_subfolder=prior_subfolder, decoder_subfolder=decoder_subfolder
         )
         policy = PrecisionPolicy.resolve(config, precision, device=device, target=backend)
+        if onnx_dir is not None and backend not in RUNS_MODULES:
+            check_exported_sources(
+                onnx_dir,
+                PIPELINE_STAGES,
+                prior_dir,
+                decoder_dir,
+                prior_subfolder=prior_subfolder,
+                decoder_subfolder=decoder_subfolder,
+            )
         if backend in RUNS_MODULES:
             components = load_components(
                 prior_dir,

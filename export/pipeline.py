@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from cascade_trt.artifacts import check_output_dir, onnx_path
-from cascade_trt.checkpoints import load_components, read_component_config, resolve_pipeline_dir
+from cascade_trt.checkpoints import (
+    checkpoint_fingerprint,
+    component_origin,
+    load_components,
+    read_component_config,
+    resolve_pipeline_dir,
+)
 from cascade_trt.configs import CascadeConfig
 from cascade_trt.devices import check_device
 from cascade_trt.modules import stage_module
@@ -65,22 +71,22 @@ def export_pipeline(
         "decoder_subfolder": decoder_subfolder,
         "device": device,
     }
-    origins = {
-        "text_encoder": ("prior", prior, "text_encoder"),
-        "image_encoder": ("prior", prior, "image_encoder"),
-        "stage_c": ("prior", prior, prior_subfolder),
-        "stage_b": ("decoder", decoder, decoder_subfolder),
-        "stage_a": ("decoder", decoder, "vqgan"),
-    }
     written: dict[str, Path] = {}
     bar = tqdm(list(specs.items()), desc="export", unit="stage", disable=not progress)
     with logging_redirect_tqdm():  # per-stage log lines print above the bar, not through it
         for name, spec in bar:
             bar.set_postfix_str(name)
             start = time.monotonic()
-            kind, given, subfolder = origins[name]
+            kind, directory, subfolder = component_origin(
+                name,
+                prior_dir,
+                decoder_dir,
+                prior_subfolder=prior_subfolder,
+                decoder_subfolder=decoder_subfolder,
+            )
+            given = prior if kind == "prior" else decoder
             metadata = {
-                "source": _source(kind, given, loader[kind], subfolder),
+                "source": _source(kind, given, directory, subfolder),
                 "cascade": config.name,
                 "export_device": str(device),
             }
@@ -122,4 +128,6 @@ def _source(kind: str, given: str | Path, directory: Path, subfolder: str) -> di
         "kind": kind,
         "subfolder": subfolder,
         "config": read_component_config(directory, subfolder, kind),
+        # What the runtime compares with the checkpoint it is given (`check_exported_sources`).
+        "fingerprint": checkpoint_fingerprint(directory / subfolder),
     }

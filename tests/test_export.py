@@ -23,7 +23,12 @@ from cascade_trt.export.verify import (
 )
 
 from cascade_trt.artifacts import manifest_path, read_manifest, sha256_file
-from cascade_trt.checkpoints import load_components, read_component_config, weights_hash
+from cascade_trt.checkpoints import (
+    checkpoint_fingerprint,
+    load_components,
+    read_component_config,
+    weights_hash,
+)
 from cascade_trt.configs import TINY
 from cascade_trt.errors import CheckpointError, ConfigError, PrecisionError, ShapeError
 from cascade_trt.modules import stage_module
@@ -143,6 +148,7 @@ def test_manifest_documents_the_model(exported, components, specs, tiny_prior, t
     kind, subfolder = COMPONENT_DIRS[stage]
     root = tiny_prior if kind == "prior" else tiny_decoder
     assert manifest["source"]["config"] == read_component_config(root, subfolder, kind)
+    assert manifest["source"]["fingerprint"] == checkpoint_fingerprint(root / subfolder)
     assert manifest["weights_hash"] == weights_hash(getattr(components, stage))
 
 

@@ -436,6 +436,27 @@ def test_onnxruntime_refuses_shapes_and_precisions_a_graph_cannot_take(tmp_path)
         OnnxRuntimeRunner(spec, half / "stage_a.onnx", dtype=torch.float32, device="cpu")
 
 
+def test_onnx_models_exported_from_other_weights_are_refused(dirs, onnx_dir, tmp_path):
+    """Same architecture, other weights (another seed): the manifests' fingerprints tell them apart, and the
+    error names the first stage whose weights differ."""
+    from cascade_trt.checkpoints import checkpoint_fingerprint
+    from cascade_trt.errors import ArtifactMismatchError
+    from cascade_trt.tiny import make_pipelines
+
+    other = make_pipelines(tmp_path / "other", seed=1)
+    assert checkpoint_fingerprint(other / "decoder" / "vqgan") != checkpoint_fingerprint(dirs[1] / "vqgan")
+    with pytest.raises(ArtifactMismatchError, match=r"text_encoder.onnx was exported from other weights"):
+        CascadePipeline.from_pretrained(
+            other / "prior", other / "decoder", backend="onnxruntime", device="cpu", onnx_dir=onnx_dir
+        )
+    with pytest.raises(
+        ArtifactMismatchError, match=r"stage_b.onnx was exported .* than the decoder given here"
+    ):
+        CascadePipeline.from_pretrained(
+            dirs[0], other / "decoder", backend="onnxruntime", device="cpu", onnx_dir=onnx_dir
+        )
+
+
 def test_a_shape_a_graph_cannot_take_fails_before_any_stage_runs(dirs, onnx_dir, tmp_path):
     from onnx import TensorProto
 
