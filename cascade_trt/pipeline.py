@@ -331,7 +331,11 @@ class CascadePipeline:
         return_dict: bool = True,
     ) -> Any:
         """Text to image with diffusers' meaning for every argument; returns what diffusers returns
-        (`ImagePipelineOutput`, or the images alone with `return_dict=False`)."""
+        (`ImagePipelineOutput`, or the images alone with `return_dict=False`).
+
+        Defaults are Stability AI's recommended 1024², 20 + 10 steps (diffusers': 512², 60 + 12). Precomputed
+        embeddings, image conditioning, initial latents and per-step callbacks are not accepted.
+        """
         if output_type not in OUTPUT_TYPES:
             raise ConfigError(f"output_type={output_type!r}: choose one of {', '.join(OUTPUT_TYPES)}")
         check_size(height, width)
