@@ -52,6 +52,15 @@ def collect(device: torch.device | str) -> dict[str, Any]:
     return env
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none): other work on the machine
+    slows every backend, which a reader of the figures should be able to see."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def library_versions() -> dict[str, str]:
     out = {}
     for name in LIBRARIES:

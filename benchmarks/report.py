@@ -99,6 +99,11 @@ def header(doc: dict[str, Any]) -> list[str]:
         if env["device_type"] == "cuda"
         else f", {env['cpu_count']} cores, {env['memory_total_bytes'] / 2**30:.0f} GiB"
     )
+    if env.get("load_average_start") and env.get("load_average_end"):
+        machine += (
+            f"; load average (1 min) {env['load_average_start'][0]:.2f} at the start, "
+            f"{env['load_average_end'][0]:.2f} at the end"
+        )
     dirty = " (with uncommitted changes)" if env["git"].get("dirty") else ""
     clock = "CUDA events" if doc["clock"] == "cuda_events" else "monotonic clock (perf_counter)"
     lines = [

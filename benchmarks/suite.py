@@ -106,6 +106,7 @@ def run_suite(
 ) -> dict[str, Any]:
     """Run the whole suite; returns the results document (see `schema`)."""
     device = check_device(cfg.device)
+    load_start = environment.load_average()
     names, skipped = choose_backends(cfg.backends, device)
     for s in skipped:
         progress(f"skip {s['backend']}: {s['reason']}")
@@ -140,9 +141,11 @@ def run_suite(
                 driver.release()  # this shape's buffers and graphs: a sweep must not pile them up
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    env = environment.collect(device)
+    env["load_average_start"], env["load_average_end"] = load_start, environment.load_average()
     return {
         "schema": SCHEMA,
-        "environment": environment.collect(device),
+        "environment": env,
         "config": _config_json(cfg, built),
         "clock": clock.kind,
         "baseline": BASELINE,

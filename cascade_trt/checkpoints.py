@@ -115,7 +115,11 @@ def _validate(path: Path, kind: Kind, unet_subfolder: str) -> None:
         cls = json.loads(index.read_text()).get("_class_name", "")
         if cls != PIPELINE_CLASSES[kind]:
             other = next((k for k, v in PIPELINE_CLASSES.items() if v == cls), None)
-            hint = f" (that is a {other}: swap --prior and --decoder)" if other else ""
+            hint = (
+                f" (that is a {other} pipeline: pass it as --{other}, and a {kind} pipeline as --{kind})"
+                if other
+                else ""
+            )
             raise CheckpointError(
                 f"{path} holds a {cls or 'pipeline of unknown class'}, not a {PIPELINE_CLASSES[kind]}{hint}"
             )

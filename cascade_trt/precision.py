@@ -101,7 +101,8 @@ class PrecisionPolicy:
             if on_cpu and value != "fp32" and target == "onnxruntime":
                 raise PrecisionError(
                     f"{stage}: {value} cannot run on ONNX Runtime's CPU provider (no {value} kernels for most ops): "
-                    "export with --precision fp32 for CPU, or use a CUDA/TensorRT provider"
+                    "on a CPU pass --precision fp32 (or auto) with graphs exported in fp32, or use a CUDA/TensorRT "
+                    "provider"
                 )
             stages[stage] = value
         return cls(stages)

@@ -53,6 +53,9 @@ def doc(run_dir: Path) -> dict:
 
 def test_tiny_run_passes_the_schema_check(doc: dict) -> None:
     assert schema.problems(doc) == []
+    env = doc["environment"]
+    for key in ("load_average_start", "load_average_end"):  # Linux has them; the report shows them
+        assert len(env[key]) == 3 and all(x >= 0 for x in env[key])
     measured = {r["backend"] for r in doc["records"]}
     assert {"diffusers", "torch"} <= measured
     if HAS_ORT_BACKEND:
@@ -99,6 +102,7 @@ def test_markdown_and_chart_are_written(run_dir: Path, doc: dict) -> None:
     for r in doc["records"]:
         assert f"`{r['backend']}`" in md
     assert "## Skipped" in md and "`tensorrt`" in md
+    assert f"load average (1 min) {doc['environment']['load_average_start'][0]:.2f} at the start" in md
     png = (run_dir / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
 

@@ -134,9 +134,12 @@ def test_a_file_is_not_a_pipeline_directory(tmp_path: Path):
 
 
 def test_swapped_pipelines_are_named(tiny_prior: Path, tiny_decoder: Path):
-    with pytest.raises(CheckpointError, match="StableCascadeDecoderPipeline.*swap --prior and --decoder"):
+    with pytest.raises(
+        CheckpointError,
+        match="StableCascadeDecoderPipeline.*decoder pipeline: pass it as --decoder, and a prior pipeline as --prior",
+    ):
         resolve_pipeline_dir(tiny_decoder, "prior")
-    with pytest.raises(CheckpointError, match="swap --prior and --decoder"):
+    with pytest.raises(CheckpointError, match="pipeline: pass it as --"):
         load_components(tiny_decoder, tiny_prior, stages=("stage_c",))
 
 

@@ -228,7 +228,7 @@ def test_not_a_stable_cascade_directory(tiny_decoder, tmp_path):
 
 
 def test_prior_and_decoder_swapped(tiny_prior, tiny_decoder, tmp_path):
-    with pytest.raises(CheckpointError, match="swap --prior and --decoder"):
+    with pytest.raises(CheckpointError, match="pipeline: pass it as --"):
         export_pipeline(tiny_decoder, tiny_prior, tmp_path / "out", progress=False)
 
 

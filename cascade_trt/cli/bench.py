@@ -132,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
     from cascade_trt.artifacts import check_output_dir
 
     check_output_dir(args.out, "--out")
+    if args.repeats < 3:
+        print(
+            f"cascade-trt bench: --repeats {args.repeats}: one noisy call decides each median, and the p10-p90 "
+            "cells are no spread; use 5 or more for figures to keep",
+            file=sys.stderr,
+        )
     import torch
 
     from cascade_trt.benchmarks import report, schema
