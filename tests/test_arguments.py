@@ -108,3 +108,30 @@ def test_counts_are_refused_while_parsing_with_their_flag(argv: list[str], expec
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_generate_prints_its_own_lines_only(tiny_prior: Path, tiny_decoder: Path, tmp_path: Path) -> None:
+    """The libraries' advice (install accelerate, deprecations) is kept out unless -v asks for it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cat.png"
+    argv = [
+        "generate",
+        "a cat",
+        "--prior",
+        str(tiny_prior),
+        "--decoder",
+        str(tiny_decoder),
+        "--out",
+        str(out),
+    ]
+    argv += ["--height", "128", "--width", "128", "--prior-steps", "1", "--decoder-steps", "1"]
+    argv += ["--device", "cpu", "--no-progress"]
+    command = [sys.executable, "-c", "import sys; from cascade_trt.cli import main; sys.exit(main())"]
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_VERBOSITY", "_ADVISORY_WARNINGS"))}
+    quiet = subprocess.run([*command, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.strip() == str(out) and quiet.stderr == ""
+    verbose = subprocess.run([*command, "-v", *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert verbose.returncode == 0 and verbose.stderr != ""  # the same run, with the libraries' lines

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 from cascade_trt.errors import CascadeError
 
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not args.verbose:
+        quiet_libraries(progress=not getattr(args, "no_progress", False))
     try:
         return int(args.func(args) or 0)
     except CascadeError as exc:
@@ -46,6 +50,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cascade-trt {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def quiet_libraries(*, progress: bool = True) -> None:
+    """Keep the terminal to cascade-trt's own lines: the libraries' advice (install accelerate, deprecation
+    notices, unused-axis notes) repeats on every load and buries them. `-v` keeps everything.
+
+    Set through the libraries' environment variables, read when they are first imported (the subcommands
+    import them after this); `progress=False` also turns off their download and loading bars.
+    """
+    quiet = {
+        "TRANSFORMERS_VERBOSITY": "error",
+        "DIFFUSERS_VERBOSITY": "error",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "DIFFUSERS_NO_ADVISORY_WARNINGS": "1",
+    }
+    if not progress:
+        quiet["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for name, value in quiet.items():
+        os.environ.setdefault(name, value)
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for library in ("torchvision", "transformers", "diffusers", "onnxscript", "torch.onnx"):
+        warnings.filterwarnings("ignore", category=UserWarning, module=library)
 
 
 if __name__ == "__main__":
