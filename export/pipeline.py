@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cascade_trt.artifacts import check_output_dir, onnx_path
+from cascade_trt.artifacts import check_output_dir, onnx_path, read_manifest, tool_versions
 from cascade_trt.checkpoints import (
     checkpoint_fingerprint,
     component_origin,
@@ -27,6 +27,7 @@ from cascade_trt.modules import stage_module
 from cascade_trt.precision import PrecisionPolicy
 from cascade_trt.stages import StageSpec, select_stages
 
+from .manifest import TOOLS
 from .onnx_export import export_stage
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,13 @@ def export_pipeline(
     prior_subfolder: str = "prior",
     decoder_subfolder: str = "decoder",
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Path]:
     """Write `out_dir/<stage>.onnx` (+ `.onnx.data` when large) and `out_dir/<stage>.json` for each stage.
+
+    A stage whose complete model is already there, exported from the same weights and config in the same
+    precision (and opset, when one is asked) by the same tools, is kept as it is unless `force`: an export
+    that was interrupted resumes at the first stage it had not finished.
 
     `prior`/`decoder` are diffusers-format pipeline directories or hub ids. `stages` defaults to every stage
     the checkpoints have (the image encoder only when the prior ships one). `precision` is "auto", one of
@@ -90,7 +96,12 @@ def export_pipeline(
                 "cascade": config.name,
                 "export_device": str(device),
             }
-            written[name] = _export_one(spec, loader, policy, onnx_path(out_dir, name), opset, metadata)
+            path = onnx_path(out_dir, name)
+            if not force and is_current(path, policy[name], opset, metadata):
+                log.info("%s: %s is up to date (same weights, precision and tools), kept", name, path)
+                written[name] = path
+                continue
+            written[name] = _export_one(spec, loader, policy, path, opset, metadata)
             log.info(
                 "%s: %s, exported to %s in %.1f s",
                 name,
@@ -99,6 +110,29 @@ def export_pipeline(
                 time.monotonic() - start,
             )
     return written
+
+
+def is_current(path: Path, precision: str, opset: int | None, metadata: dict[str, Any]) -> bool:
+    """Whether the complete model at `path` is what exporting it now would write (see `export_pipeline`)."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return False
+    source, wanted = manifest.get("source", {}), metadata["source"]
+    files = manifest.get("files", {})
+    return (
+        manifest.get("precision") == precision
+        and (opset is None or manifest.get("opset") == opset)
+        and manifest.get("cascade") == metadata["cascade"]
+        and wanted["fingerprint"] is not None
+        and source.get("fingerprint") == wanted["fingerprint"]
+        and source.get("config") == wanted["config"]
+        and manifest.get("tools") == tool_versions(*TOOLS)
+        and all(
+            (path.parent / record["name"]).is_file()
+            and (path.parent / record["name"]).stat().st_size == record["bytes"]
+            for record in files.values()
+        )
+    )
 
 
 def _export_one(

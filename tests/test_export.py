@@ -152,6 +152,35 @@ def test_manifest_documents_the_model(exported, components, specs, tiny_prior, t
     assert manifest["weights_hash"] == weights_hash(getattr(components, stage))
 
 
+def test_a_second_export_keeps_what_is_current_and_redoes_what_is_not(
+    exported, tiny_prior, tiny_decoder, tmp_path
+):
+    import shutil
+
+    from cascade_trt.tiny import make_pipelines
+
+    out = tmp_path / "onnx"
+    shutil.copytree(next(iter(exported.values())).parent, out)
+
+    def stamps() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    before = stamps()
+    again = export_pipeline(tiny_prior, tiny_decoder, out, precision="fp32", progress=False)
+    assert sorted(again) == sorted(exported) and stamps() == before, "an up-to-date export is kept as it is"
+
+    forced = export_pipeline(tiny_prior, tiny_decoder, out, stages=["stage_a"], force=True, progress=False)
+    after = stamps()
+    assert after["stage_a.onnx"] != before["stage_a.onnx"] and after["stage_b.onnx"] == before["stage_b.onnx"]
+    assert forced == {"stage_a": out / "stage_a.onnx"}
+
+    other = make_pipelines(tmp_path / "other", seed=1)  # same architecture, other weights
+    export_pipeline(other / "prior", other / "decoder", out, stages=["stage_a"], progress=False)
+    manifest = read_manifest(out / "stage_a.onnx")
+    assert manifest["source"]["fingerprint"] == checkpoint_fingerprint(other / "decoder" / "vqgan")
+    assert stamps()["stage_a.onnx"] != after["stage_a.onnx"]
+
+
 def test_interrupted_export_leaves_nothing_that_looks_complete(components, specs, tmp_path, monkeypatch):
     import cascade_trt.export.onnx_export as onnx_export
 

@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--decoder-subfolder", default="decoder", help="decoder UNet subfolder (decoder_lite for lite)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="export every stage again (default: keep a stage already exported from the same weights, "
+        "precision and tools, so an interrupted export resumes)",
+    )
     p.set_defaults(func=run)
 
 
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         prior_subfolder=args.prior_subfolder,
         decoder_subfolder=args.decoder_subfolder,
         progress=not args.no_progress,
+        force=args.force,
     )
     for stage, path in paths.items():
         print(f"{stage}: {path}")
