@@ -337,7 +337,7 @@ def test_unknown_backend_names_the_choices(dirs):
 
 def test_paths_that_are_not_a_prior_or_decoder(dirs, tmp_path):
     prior, decoder = dirs
-    with pytest.raises(CheckpointError, match="swap"):
+    with pytest.raises(CheckpointError, match="decoder pipeline: pass it as --decoder"):
         CascadePipeline.from_pretrained(decoder, prior)
     with pytest.raises(CheckpointError, match="does not exist"):
         CascadePipeline.from_pretrained(tmp_path / "nothing-here", decoder)
