@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from cascade_trt.artifacts import export_command, onnx_path, read_manifest
 from cascade_trt.configs import CascadeConfig
 from cascade_trt.errors import ArtifactMismatchError, CheckpointError
 
@@ -378,8 +379,6 @@ def check_exported_sources(
     fingerprint differs from the given checkpoint's would make images of another model under this one's name.
     Stages without a model or without a recorded fingerprint are left to the loader.
     """
-    from cascade_trt.artifacts import export_command, onnx_path, read_manifest
-
     for stage in stages:
         path = onnx_path(onnx_dir, stage)
         manifest = read_manifest(path)
