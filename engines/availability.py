@@ -14,9 +14,10 @@ from cascade_trt.errors import BackendUnavailableError
 # `IExecutionContext.set_device_memory(memory, size)` (TensorRT 11 keeps only these).
 MIN_VERSION = (10, 1)
 INSTALL_HINT = (
-    "install it with `pip install 'cascade-trt[tensorrt]'` (from a checkout: `pip install -e '.[tensorrt]'`; the TensorRT wheels are "
-    "NVIDIA's: if pip cannot fetch them, add `--extra-index-url https://pypi.nvidia.com`, NVIDIA's package "
-    "index). TensorRT runs on an NVIDIA GPU with a CUDA driver; without one use the torch or onnxruntime backend"
+    "install it with `pip install 'cascade-trt[tensorrt]'` (from a checkout: `pip install -e '.[tensorrt]'`; "
+    "the TensorRT wheels are NVIDIA's: if pip cannot fetch them, add "
+    "`--extra-index-url https://pypi.nvidia.com`, NVIDIA's package index). TensorRT runs on an NVIDIA GPU with a "
+    "CUDA driver; without one use the torch or onnxruntime backend"
 )
 
 
