@@ -336,22 +336,20 @@ class CascadePipeline:
         Defaults are Stability AI's recommended 1024², 20 + 10 steps (diffusers': 512², 60 + 12). Precomputed
         embeddings, image conditioning, initial latents and per-step callbacks are not accepted.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ConfigError(f"output_type={output_type!r}: choose one of {', '.join(OUTPUT_TYPES)}")
-        check_size(height, width)
-        _check_count("prior_num_inference_steps", prior_num_inference_steps)
-        _check_count("num_inference_steps", num_inference_steps)
-        _check_scale("prior_guidance_scale", prior_guidance_scale)
-        _check_scale("decoder_guidance_scale", decoder_guidance_scale)
-        guidance = prior_guidance_scale > 1 or decoder_guidance_scale > 1
-        prompts, _ = _prompt_lists(prompt, negative_prompt)
-        _check_count("num_images_per_prompt", num_images_per_prompt)
-        count = len(prompts) * num_images_per_prompt
-        # Every stage's shape, checked before any runs: an engine built for smaller images fails here, not
-        # after Stage C has spent its time.
-        self._check_shapes(
-            len(prompts), count, height, width, prior_guidance_scale > 1, decoder_guidance_scale > 1
+        self.check_inputs(
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            num_images_per_prompt,
+            prior_num_inference_steps,
+            prior_guidance_scale,
+            num_inference_steps,
+            decoder_guidance_scale,
+            generator,
+            output_type,
         )
+        guidance = prior_guidance_scale > 1 or decoder_guidance_scale > 1
         emb = self.encode_prompt(prompt, negative_prompt, num_images_per_prompt, guidance=guidance)
         effnet = self.run_stage_c(
             emb, height, width, prior_num_inference_steps, prior_guidance_scale, generator
@@ -363,6 +361,39 @@ class CascadePipeline:
         from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
         return ImagePipelineOutput(images=images)
+
+    def check_inputs(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int = 1024,
+        width: int = 1024,
+        num_images_per_prompt: int = 1,
+        prior_num_inference_steps: int = 20,
+        prior_guidance_scale: float = 4.0,
+        num_inference_steps: int = 10,
+        decoder_guidance_scale: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+    ) -> None:
+        """Every check `__call__` makes before it runs anything, without running anything: arguments, then
+        each stage's shape against what its runner can take (an engine built for smaller images fails here,
+        not after Stage C has spent its time). Raises `ConfigError` or `ShapeError`; a server calls it before
+        it queues a request."""
+        if output_type not in OUTPUT_TYPES:
+            raise ConfigError(f"output_type={output_type!r}: choose one of {', '.join(OUTPUT_TYPES)}")
+        check_size(height, width)
+        _check_count("prior_num_inference_steps", prior_num_inference_steps)
+        _check_count("num_inference_steps", num_inference_steps)
+        _check_scale("prior_guidance_scale", prior_guidance_scale)
+        _check_scale("decoder_guidance_scale", decoder_guidance_scale)
+        prompts, _ = _prompt_lists(prompt, negative_prompt)
+        _check_count("num_images_per_prompt", num_images_per_prompt)
+        count = len(prompts) * num_images_per_prompt
+        _check_generator(generator, count)
+        self._check_shapes(
+            len(prompts), count, height, width, prior_guidance_scale > 1, decoder_guidance_scale > 1
+        )
 
     # --- helpers -------------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from cascade_trt.checkpoints import random_components
 from cascade_trt.cli import main
 from cascade_trt.configs import TINY
 from cascade_trt.devices import check_device
-from cascade_trt.errors import BackendUnavailableError, ConfigError
+from cascade_trt.errors import BackendUnavailableError, ConfigError, ShapeError
 
 
 def test_devices_are_checked_in_the_users_terms() -> None:
@@ -135,3 +135,24 @@ def test_generate_prints_its_own_lines_only(tiny_prior: Path, tiny_decoder: Path
     assert quiet.stdout.strip() == str(out) and quiet.stderr == ""
     verbose = subprocess.run([*command, "-v", *argv], capture_output=True, text=True, env=env, timeout=300)
     assert verbose.returncode == 0 and verbose.stderr != ""  # the same run, with the libraries' lines
+
+
+def test_check_inputs_refuses_what_call_would_refuse_without_running_a_stage() -> None:
+    """`check_inputs` is the validation a server runs before it queues a request: the same errors as
+    `__call__`, and no stage runs (no buffers are allocated) whether the arguments pass or not."""
+    pipe = CascadePipeline.from_components(random_components(TINY), backend="torch", precision="fp32")
+    pipe.check_inputs(["a", "b"], height=256, width=384, num_images_per_prompt=2, generator=[None] * 4)
+    bad = [
+        ({"height": 200}, "height=200 is not a positive multiple of 128"),
+        ({"prior_num_inference_steps": 0}, "prior_num_inference_steps must be a positive integer"),
+        ({"decoder_guidance_scale": float("nan")}, "decoder_guidance_scale must be a finite number"),
+        ({"num_images_per_prompt": 2, "generator": [None] * 3}, "got 3 generators for 4 images"),
+        ({"negative_prompt": ["x"]}, "negative_prompt has 1 entries but prompt has 2"),
+        ({"output_type": "jpeg"}, "output_type='jpeg': choose one of pil, np, pt, latent"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises((ConfigError, ShapeError), match=message):
+            pipe.check_inputs(["a", "b"], **{"height": 256, "width": 256, **kwargs})
+    with pytest.raises(ConfigError, match="prompt must be a string or a non-empty list of strings"):
+        pipe.check_inputs(7)
+    assert not pipe._bindings and not pipe.denoiser._loops, "checking ran a stage"
