@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from cascade_trt.benchmarks.drivers import BASELINE, CascadeDriver, DiffusersDriver, Driver
 
+from cascade_trt.benchmarks.drivers import BASELINE, CascadeDriver, DiffusersDriver, Driver
 from cascade_trt.checkpoints import CascadeComponents
 from cascade_trt.configs import CascadeConfig
 from cascade_trt.errors import ConfigError

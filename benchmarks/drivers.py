@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from cascade_trt.benchmarks import BACKENDS, BASELINE  # noqa: F401 (re-exported: the suite imports them here)
 
+from cascade_trt.benchmarks import BACKENDS, BASELINE  # noqa: F401 (re-exported: the suite imports them here)
 from cascade_trt.checkpoints import CascadeComponents
 
 

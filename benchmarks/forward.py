@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from cascade_trt.benchmarks.drivers import CascadeDriver, DiffusersDriver, Workload
 
+from cascade_trt.benchmarks.drivers import CascadeDriver, DiffusersDriver, Workload
 from cascade_trt.stages import StageSpec, stage_specs
 
 DENOISERS = ("stage_c", "stage_b")

@@ -8,6 +8,7 @@ what a floor should be measured against (datasheet numbers assume boost clocks a
 from __future__ import annotations
 
 import torch
+
 from cascade_trt.benchmarks.timing import CudaClock
 
 

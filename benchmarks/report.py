@@ -10,9 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cascade_trt.benchmarks.suite import METRICS
-
 from cascade_trt.artifacts import atomic_path
+from cascade_trt.benchmarks.suite import METRICS
 
 LABELS = {
     "text_encoder": "text encoder",

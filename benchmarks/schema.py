@@ -13,7 +13,6 @@ from typing import Any
 
 from cascade_trt.benchmarks.suite import METRICS, SCHEMA
 from cascade_trt.benchmarks.timing import summarize
-
 from cascade_trt.errors import CascadeError
 
 REL = 1e-9

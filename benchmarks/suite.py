@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
 from cascade_trt.benchmarks import costs, environment
 from cascade_trt.benchmarks.builders import Built, build_drivers
 from cascade_trt.benchmarks.drivers import BACKENDS, BASELINE, Driver, Workload, unavailable_reason
 from cascade_trt.benchmarks.forward import bare_forwards
 from cascade_trt.benchmarks.memory import PeakMemory
 from cascade_trt.benchmarks.timing import Clock, make_clock, summarize
-
 from cascade_trt.devices import check_device
 
 log = logging.getLogger("cascade_trt.bench")

@@ -26,11 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cascade_trt.engines.availability import import_tensorrt, tensorrt_major
-from cascade_trt.engines.manifest import Target, cache_key, engine_manifest, onnx_identity
-from cascade_trt.engines.onnx_stage import OnnxStage, policy_config, select_exported
-from cascade_trt.engines.passes import apply_passes, passes_for
-from cascade_trt.engines.profiles import BuildShapes, profiles_to_json
 
 from cascade_trt.artifacts import (
     atomic_path,
@@ -40,6 +35,11 @@ from cascade_trt.artifacts import (
     read_manifest,
     write_json,
 )
+from cascade_trt.engines.availability import import_tensorrt, tensorrt_major
+from cascade_trt.engines.manifest import Target, cache_key, engine_manifest, onnx_identity
+from cascade_trt.engines.onnx_stage import OnnxStage, policy_config, select_exported
+from cascade_trt.engines.passes import apply_passes, passes_for
+from cascade_trt.engines.profiles import BuildShapes, profiles_to_json
 from cascade_trt.errors import ArtifactMismatchError, CascadeError, ConfigError
 from cascade_trt.precision import PrecisionPolicy
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cascade_trt.engines.profiles import BuildShapes
 
+from cascade_trt.engines.profiles import BuildShapes
 from cascade_trt.stages import SIZE_UNIT, StageSpec
 
 # fp32 engines may use TF32 (TensorRT's default), which keeps 10 mantissa bits; fp16 keeps 10, bf16 keeps 7.
@@ -105,6 +105,7 @@ def reference_session(onnx_file: str | Path, providers: list[Any] | None = None)
 
     import onnx
     import onnxruntime as ort
+
     from cascade_trt.engines.passes import tensor_types, to_fp32
 
     types = tensor_types(
@@ -146,9 +147,9 @@ def check_engines(
 ) -> list[Comparison]:
     """Compare every engine with ONNX Runtime at `check_points`; needs TensorRT and a CUDA GPU."""
     import torch
-    from cascade_trt.engines.onnx_stage import select_exported
 
     from cascade_trt.backends.tensorrt_backend import load_runners
+    from cascade_trt.engines.onnx_stage import select_exported
 
     exported = select_exported(onnx_dir, stages)
     runners = load_runners({s.name: s.spec for s in exported}, engine_dir, device, onnx_dir=onnx_dir)

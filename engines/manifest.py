@@ -16,9 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cascade_trt.engines.profiles import BuildShapes, size_flags
-
 from cascade_trt.artifacts import MANIFEST_VERSION
+from cascade_trt.engines.profiles import BuildShapes, size_flags
 from cascade_trt.errors import ArtifactMismatchError
 
 KIND = "tensorrt_engine"

@@ -27,11 +27,10 @@ from torch import nn
 
 from cascade_trt.artifacts import manifest_path, write_json
 from cascade_trt.errors import ArtifactMismatchError, ConfigError
+from cascade_trt.export.inputs import example_inputs
+from cascade_trt.export.manifest import build_manifest
+from cascade_trt.export.patches import exact_timestep_embedding
 from cascade_trt.stages import StageSpec, check_size
-
-from .inputs import example_inputs
-from .manifest import build_manifest
-from .patches import exact_timestep_embedding
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,11 @@ from cascade_trt.checkpoints import (
 )
 from cascade_trt.configs import CascadeConfig
 from cascade_trt.devices import check_device
+from cascade_trt.export.manifest import TOOLS
+from cascade_trt.export.onnx_export import export_stage
 from cascade_trt.modules import stage_module
 from cascade_trt.precision import PrecisionPolicy
 from cascade_trt.stages import StageSpec, select_stages
-
-from .manifest import TOOLS
-from .onnx_export import export_stage
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, PrecisionError
+from cascade_trt.export.inputs import example_inputs
 from cascade_trt.stages import StageSpec
-
-from .inputs import example_inputs
 
 CPU_ONLY = ("CPUExecutionProvider",)
 # Shapes no export traces at (256x384, batch 2): non-square both ways, batch 1 and > 2.

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from cascade_trt.benchmarks import costs, report, schema
 from cascade_trt.benchmarks.drivers import DiffusersDriver, Workload
 from cascade_trt.benchmarks.memory import PeakMemory
 from cascade_trt.benchmarks.suite import METRICS, add_floor, add_ratios, choose_backends, measure
 from cascade_trt.benchmarks.timing import Clock, percentile, summarize
-
 from cascade_trt.cli import main
 from cascade_trt.cli.bench import missing_backends, parse_precision
 from cascade_trt.configs import FULL, LITE, TINY

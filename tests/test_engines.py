@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from cascade_trt.artifacts import engine_path, manifest_path, read_manifest
+from cascade_trt.configs import FULL, LITE, TINY
 from cascade_trt.engines.availability import tensorrt_version
 from cascade_trt.engines.builder import BuildOptions, plan_builds, write_engine
 from cascade_trt.engines.manifest import (
@@ -25,9 +28,6 @@ from cascade_trt.engines.manifest import (
 )
 from cascade_trt.engines.onnx_stage import GUIDED, policy_config, read_onnx_stage
 from cascade_trt.engines.profiles import BuildShapes, check_request, profiles_to_json, size_flags
-
-from cascade_trt.artifacts import engine_path, manifest_path, read_manifest
-from cascade_trt.configs import FULL, LITE, TINY
 from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, ConfigError, ShapeError
 from cascade_trt.stages import BatchRange, SizeRange, stage_specs
 

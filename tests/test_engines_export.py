@@ -12,6 +12,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto
+
+from cascade_trt.cli import main
+from cascade_trt.configs import CascadeConfig
 from cascade_trt.engines.builder import BuildOptions, plan_builds
 from cascade_trt.engines.check import (
     TOLERANCES,
@@ -24,10 +28,6 @@ from cascade_trt.engines.check import (
 from cascade_trt.engines.onnx_stage import read_onnx_stage
 from cascade_trt.engines.passes import count_ops, prepare_for_tensorrt, tensor_types, to_fp32
 from cascade_trt.engines.profiles import BuildShapes
-from onnx import TensorProto
-
-from cascade_trt.cli import main
-from cascade_trt.configs import CascadeConfig
 from cascade_trt.stages import BatchRange, SizeRange, stage_specs
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -196,10 +196,9 @@ def test_check_command_without_tensorrt(bf16_dir: Path, tmp_path: Path, capsys) 
 
 @pytest.mark.tensorrt
 def test_tensorrt_build_check_and_graph_capture(bf16_dir: Path, tmp_path: Path) -> None:
+    from cascade_trt.backends.tensorrt_backend import load_runners
     from cascade_trt.engines.builder import build_engines
     from cascade_trt.engines.check import check_engines
-
-    from cascade_trt.backends.tensorrt_backend import load_runners
 
     shapes = BuildShapes(SizeRange.square(128, 256, 384), BatchRange(1, 1, 2))
     built = build_engines(bf16_dir, tmp_path, precision="bf16", options=BuildOptions(shapes))

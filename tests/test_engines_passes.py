@@ -8,6 +8,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
+
 from cascade_trt.engines.passes import (
     align_conv_transpose,
     cast_around_resize,
@@ -16,7 +18,6 @@ from cascade_trt.engines.passes import (
     tensor_types,
     to_fp32,
 )
-from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 20
 BF16_TOL = 2**-7  # bf16 keeps 8 significant bits: one rounding is at most 2^-8 relative, two at most ~2^-7

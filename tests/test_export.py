@@ -10,6 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from cascade_trt.artifacts import manifest_path, read_manifest, sha256_file
+from cascade_trt.checkpoints import (
+    checkpoint_fingerprint,
+    load_components,
+    read_component_config,
+    weights_hash,
+)
+from cascade_trt.configs import TINY
+from cascade_trt.errors import CheckpointError, ConfigError, PrecisionError, ShapeError
 from cascade_trt.export import export_pipeline, export_stage
 from cascade_trt.export.manifest import REQUIRED_FIELDS
 from cascade_trt.export.verify import (
@@ -21,16 +31,6 @@ from cascade_trt.export.verify import (
     run_session,
     verify_export,
 )
-
-from cascade_trt.artifacts import manifest_path, read_manifest, sha256_file
-from cascade_trt.checkpoints import (
-    checkpoint_fingerprint,
-    load_components,
-    read_component_config,
-    weights_hash,
-)
-from cascade_trt.configs import TINY
-from cascade_trt.errors import CheckpointError, ConfigError, PrecisionError, ShapeError
 from cascade_trt.modules import stage_module
 from cascade_trt.stages import STAGE_NAMES, stage_specs
 
