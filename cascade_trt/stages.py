@@ -3,7 +3,7 @@
 Export, engine build, the runtime and the benchmarks all read these descriptions, so names and shapes
 cannot drift between them.
 
-Shapes are tuples of tokens:
+Shapes are tuples of tokens, parsed once into `Axis` values (`TensorSpec.axes`) that every reader uses:
   * an int is a fixed size;
   * ``"B"`` is the batch the stage's model sees (doubled under classifier-free guidance for Stage C/B);
   * ``"<k>h"`` / ``"<k>w"`` is k times the image height / width in units of 128 px.
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from cascade_trt.configs import CascadeConfig
 from cascade_trt.errors import ConfigError, ShapeError
@@ -31,20 +32,58 @@ _TOKEN = re.compile(r"^(\d*)([hw])$")
 
 
 @dataclass(frozen=True)
+class Axis:
+    """One shape token, parsed: its size is `factor` times the batch, the image height or width in 128 px
+    units, or 1 (a fixed axis, whose factor is its size)."""
+
+    token: int | str
+    kind: Literal["fixed", "batch", "h", "w"]
+    factor: int
+
+    @classmethod
+    def parse(cls, token: int | str) -> Axis:
+        if isinstance(token, int) and not isinstance(token, bool):
+            return cls(token, "fixed", token)
+        if token == "B":
+            return cls(token, "batch", 1)
+        m = _TOKEN.match(token) if isinstance(token, str) else None
+        if m is None:
+            raise ConfigError(f"bad shape token {token!r}: use an int, 'B', or '<k>h' / '<k>w'")
+        return cls(token, m.group(2), int(m.group(1) or 1))  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str | None:
+        """The dim name in ONNX graphs, manifests and profiles ("batch", "3h"); None for a fixed axis."""
+        return None if self.kind == "fixed" else "batch" if self.kind == "batch" else str(self.token)
+
+    @property
+    def spatial(self) -> bool:
+        return self.kind in ("h", "w")
+
+    def size(self, batch: int, h_units: int, w_units: int) -> int:
+        count = {"fixed": 1, "batch": batch, "h": h_units, "w": w_units}[self.kind]
+        return self.factor * count
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     name: str
     shape: tuple[int | str, ...]
     dtype: str = COMPUTE  # COMPUTE, or a fixed dtype name ("int64")
+    axes: tuple[Axis, ...] = field(init=False, repr=False, compare=False)  # `shape`, parsed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "axes", tuple(Axis.parse(token) for token in self.shape))
 
     def resolve(self, batch: int, height: int, width: int) -> tuple[int, ...]:
         """Concrete shape for a stage batch and an image size in pixels."""
         h, w = check_size(height, width)
-        return tuple(_resolve_token(t, batch, h, w) for t in self.shape)
+        return tuple(axis.size(batch, h, w) for axis in self.axes)
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
         """Axis index -> symbolic name, for every axis that is not fixed."""
-        return {i: ("batch" if t == "B" else t) for i, t in enumerate(self.shape) if isinstance(t, str)}
+        return {i: axis.name for i, axis in enumerate(self.axes) if axis.name is not None}
 
 
 @dataclass(frozen=True)
@@ -54,8 +93,11 @@ class StageSpec:
     outputs: tuple[TensorSpec, ...]
     # True where the pipeline runs the conditional and unconditional halves in one batch.
     guided: bool = False
-    # True where the stage's shapes depend on the image size.
-    spatial: bool = True
+
+    @property
+    def spatial(self) -> bool:
+        """Whether the stage's shapes depend on the image size (an input has an h or w axis)."""
+        return any(axis.spatial for t in self.inputs for axis in t.axes)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -186,17 +228,6 @@ def stage_a_upscale(config: CascadeConfig) -> int:
     return config.stage_a.up_down_scale_factor * 2 ** (config.stage_a.levels - 1)
 
 
-def _resolve_token(token: int | str, batch: int, h: int, w: int) -> int:
-    if isinstance(token, int):
-        return token
-    if token == "B":
-        return batch
-    m = _TOKEN.match(token)
-    if m is None:
-        raise ValueError(f"bad shape token {token!r}")
-    return int(m.group(1) or 1) * (h if m.group(2) == "h" else w)
-
-
 def stage_specs(config: CascadeConfig) -> dict[str, StageSpec]:
     """The stages of one cascade configuration, keyed by name (the image encoder only when it has one)."""
     te, c, b, a = config.text_encoder, config.stage_c, config.stage_b, config.stage_a
@@ -220,7 +251,6 @@ def stage_specs(config: CascadeConfig) -> dict[str, StageSpec]:
                 TensorSpec("clip_text", ("B", seq, te.hidden_size)),
             ),
             guided=True,
-            spatial=False,
         ),
         "stage_c": StageSpec(
             "stage_c",
@@ -259,7 +289,6 @@ def stage_specs(config: CascadeConfig) -> dict[str, StageSpec]:
             "image_encoder",
             inputs=(TensorSpec("pixel_values", ("B", 3, ie.image_size, ie.image_size)),),
             outputs=(TensorSpec("clip_img", ("B", 1, ie.projection_dim)),),
-            spatial=False,
         )
     return {name: specs[name] for name in STAGE_NAMES if name in specs}
 

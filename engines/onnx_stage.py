@@ -73,9 +73,7 @@ def spec_from_manifest(manifest: dict[str, Any]) -> StageSpec:
 
     inputs = tuple(tensor(r) for r in manifest["inputs"])
     outputs = tuple(tensor(r) for r in manifest["outputs"])
-    spatial = any(isinstance(tok, str) and tok[-1:] in ("h", "w") for t in inputs for tok in t.shape)
-    name = manifest["stage"]
-    return StageSpec(name, inputs, outputs, guided=name in GUIDED, spatial=spatial)
+    return StageSpec(manifest["stage"], inputs, outputs, guided=manifest["stage"] in GUIDED)
 
 
 def policy_config(stages: list[OnnxStage]) -> CascadeConfig:

@@ -30,7 +30,7 @@ from cascade_trt.errors import ArtifactMismatchError, ConfigError
 from cascade_trt.export.inputs import example_inputs
 from cascade_trt.export.manifest import build_manifest
 from cascade_trt.export.patches import exact_timestep_embedding
-from cascade_trt.stages import StageSpec, check_size
+from cascade_trt.stages import Axis, StageSpec, TensorSpec, check_size
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +45,17 @@ def dynamic_shapes(spec: StageSpec) -> dict[str, dict[int, Any]]:
     """`torch.export` dynamic shapes for every input of a stage, keyed by input name."""
     from torch.export import Dim
 
-    batch = Dim("batch", min=1, max=MAX_BATCH)
-    units = {"h": Dim("h", min=1, max=MAX_UNITS), "w": Dim("w", min=1, max=MAX_UNITS)}
+    dims = {
+        "batch": Dim("batch", min=1, max=MAX_BATCH),
+        "h": Dim("h", min=1, max=MAX_UNITS),
+        "w": Dim("w", min=1, max=MAX_UNITS),
+    }
 
-    def dim(token: str) -> Any:
-        if token == "B":
-            return batch
-        k = int(token[:-1] or 1)
-        return units[token[-1]] if k == 1 else k * units[token[-1]]
+    def dim(axis: Axis) -> Any:
+        return dims[axis.kind] if axis.factor == 1 else axis.factor * dims[axis.kind]
 
     return {
-        t.name: {axis: dim(token) for axis, token in enumerate(t.shape) if isinstance(token, str)}
-        for t in spec.inputs
+        t.name: {i: dim(axis) for i, axis in enumerate(t.axes) if axis.name is not None} for t in spec.inputs
     }
 
 
@@ -139,30 +138,34 @@ def name_io(model: Any, spec: StageSpec) -> None:
         if names != [t.name for t in tensors]:
             raise ArtifactMismatchError(f"{spec.name}: graph IO {names} != spec {[t.name for t in tensors]}")
         for value, tensor in zip(values, tensors, strict=True):
-            old = list(value.shape) if value.shape is not None else [None] * len(tensor.shape)
-            if len(old) != len(tensor.shape):
-                raise ArtifactMismatchError(
-                    f"{spec.name}.{tensor.name}: rank {len(old)} != spec {tensor.shape}"
-                )
-            dims: list[int | str] = []
-            for axis, (was, token) in enumerate(zip(old, tensor.shape, strict=True)):
-                if isinstance(token, int):
-                    if isinstance(was, int) and was != token:
-                        raise ArtifactMismatchError(
-                            f"{spec.name}.{tensor.name} axis {axis}: model gives {was}, spec says {token}"
-                        )
-                    dims.append(token)
-                else:
-                    dims.append(tensor.dynamic_axes[axis])
-                    if was is not None and not isinstance(was, int):
-                        renames[str(was)] = tensor.dynamic_axes[axis]
-            value.shape = ir.Shape(dims)
+            value.shape = ir.Shape(_spec_dims(spec.name, tensor, value.shape, renames))
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         for value in node.outputs:
             if value.shape is not None and any(str(d) in renames for d in value.shape):
                 value.shape = ir.Shape(
                     [renames.get(str(d), d) if not isinstance(d, int) else d for d in value.shape]
                 )
+
+
+def _spec_dims(stage: str, tensor: TensorSpec, shape: Any, renames: dict[str, str]) -> list[int | str]:
+    """The spec's dims for one graph value of shape `shape`; the exporter's symbol of each named dim is
+    recorded in `renames`. A fixed size the graph disagrees with is an error."""
+    old = list(shape) if shape is not None else [None] * len(tensor.axes)
+    if len(old) != len(tensor.axes):
+        raise ArtifactMismatchError(f"{stage}.{tensor.name}: rank {len(old)} != spec {tensor.shape}")
+    dims: list[int | str] = []
+    for i, (was, axis) in enumerate(zip(old, tensor.axes, strict=True)):
+        if axis.name is None:
+            if isinstance(was, int) and was != axis.factor:
+                raise ArtifactMismatchError(
+                    f"{stage}.{tensor.name} axis {i}: model gives {was}, spec says {axis.factor}"
+                )
+            dims.append(axis.factor)
+            continue
+        dims.append(axis.name)
+        if was is not None and not isinstance(was, int):
+            renames[str(was)] = axis.name
+    return dims
 
 
 @contextlib.contextmanager

@@ -418,7 +418,10 @@ def test_onnxruntime_refuses_shapes_and_precisions_a_graph_cannot_take(tmp_path)
     spec = stage_specs(TINY)["stage_a"]
     _fixed_stage_a_graph(tmp_path / "stage_a.onnx", TensorProto.FLOAT)
     runner = OnnxRuntimeRunner(spec, tmp_path / "stage_a.onnx", dtype=torch.float32, device="cpu")
-    images = runner(latents=torch.ones(1, 4, 32, 32))["images"]  # the shape it was made for runs
+    bindings = runner.allocate(1, 128, 128)  # the shape it was made for runs
+    bindings.inputs["latents"].fill_(1.0)
+    runner.execute(bindings)
+    images = bindings.outputs["images"]
     assert images.shape == (1, 3, 128, 128) and torch.allclose(images, torch.full_like(images, 0.04))
     with pytest.raises(ShapeError, match=r"asked \[1, 4, 64, 32\]"):
         runner.allocate(1, 256, 128)

@@ -8,7 +8,15 @@ import pytest
 
 from cascade_trt.configs import FULL, LITE, PRESETS, TINY
 from cascade_trt.errors import ConfigError, ShapeError
-from cascade_trt.stages import BatchRange, SizeRange, check_size, latent_sizes, select_stages, stage_specs
+from cascade_trt.stages import (
+    BatchRange,
+    SizeRange,
+    TensorSpec,
+    check_size,
+    latent_sizes,
+    select_stages,
+    stage_specs,
+)
 
 
 @pytest.mark.parametrize("config", list(PRESETS.values()), ids=list(PRESETS))
@@ -78,6 +86,16 @@ def test_dynamic_axes_name_the_symbols():
     assert spec.tensor("sample").dynamic_axes == {0: "batch", 2: "32h", 3: "32w"}
     assert spec.tensor("effnet").dynamic_axes == {0: "batch", 2: "3h", 3: "3w"}
     assert stage_specs(TINY)["text_encoder"].tensor("input_ids").dynamic_axes == {0: "batch"}
+
+
+def test_shape_tokens_are_parsed_once_and_bad_ones_refused_when_described():
+    sample = stage_specs(TINY)["stage_b"].tensor("sample")
+    assert [(a.kind, a.factor) for a in sample.axes] == [("batch", 1), ("fixed", 4), ("h", 32), ("w", 32)]
+    assert sample.resolve(3, 256, 384) == (3, 4, 64, 96)
+    specs = stage_specs(TINY)
+    assert [name for name, spec in specs.items() if spec.spatial] == ["stage_c", "stage_b", "stage_a"]
+    with pytest.raises(ConfigError, match="bad shape token '3q': use an int, 'B', or '<k>h' / '<k>w'"):
+        TensorSpec("x", ("B", "3q"))
 
 
 def test_select_stages_errors():

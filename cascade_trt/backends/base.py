@@ -88,27 +88,3 @@ class StageRunner(ABC):
     @abstractmethod
     def execute(self, bindings: Bindings) -> None:
         """Read `bindings.inputs`, write `bindings.outputs`, on the current CUDA stream (or synchronously on CPU)."""
-
-    def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Convenience for one-off calls (tests, the text encoder): allocate, copy in, execute, return outputs."""
-        first = self.spec.inputs[0]
-        batch = inputs[first.name].shape[0]
-        height, width = self._infer_size(inputs)
-        bindings = self.allocate(batch, height, width)
-        for name, value in inputs.items():
-            bindings.inputs[name].copy_(value)
-        self.execute(bindings)
-        return bindings.outputs
-
-    def _infer_size(self, inputs: dict[str, torch.Tensor]) -> tuple[int, int]:
-        """Image size (px) from the first input with a spatial token, or 128x128 for non-spatial stages."""
-        from cascade_trt.stages import SIZE_UNIT
-
-        for t in self.spec.inputs:
-            for axis, token in enumerate(t.shape):
-                if isinstance(token, str) and token.endswith("h"):
-                    k = int(token[:-1] or 1)
-                    h = inputs[t.name].shape[axis] // k
-                    w = inputs[t.name].shape[axis + 1] // k
-                    return h * SIZE_UNIT, w * SIZE_UNIT
-        return SIZE_UNIT, SIZE_UNIT
