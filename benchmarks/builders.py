@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cascade_trt.benchmarks.drivers import BASELINE, CascadeDriver, DiffusersDriver, Driver
-from cascade_trt.checkpoints import CascadeComponents
-from cascade_trt.configs import CascadeConfig
+from cascade_trt.checkpoints import CheckpointPair
+from cascade_trt.components import CascadeComponents
+from cascade_trt.configs import CascadeConfig, get_preset
 from cascade_trt.errors import ConfigError
 from cascade_trt.precision import PrecisionPolicy
+from cascade_trt.stages import PIPELINE_STAGES
 
 if TYPE_CHECKING:
     from cascade_trt.benchmarks.suite import SuiteConfig
-
-STAGES = ("text_encoder", "stage_c", "stage_b", "stage_a")
 
 
 @dataclass
@@ -44,30 +44,32 @@ class Built:
     config: CascadeConfig | None = None
 
 
-def cascade_config(cfg: SuiteConfig) -> CascadeConfig:
-    from cascade_trt.configs import get_preset
-
+def checkpoints_of(cfg: SuiteConfig) -> CheckpointPair | None:
+    """The checkpoints a run measures, fetched and validated; None for the preset's random weights."""
     if cfg.prior is None:
-        return get_preset(cfg.preset)
-    from cascade_trt.checkpoints import resolve_pipeline_dir
-
-    prior = resolve_pipeline_dir(cfg.prior, "prior")
-    decoder = resolve_pipeline_dir(cfg.decoder, "decoder")
-    return CascadeConfig.from_pretrained(prior, decoder)
+        return None
+    return CheckpointPair.resolve(
+        cfg.prior, cfg.decoder, prior_subfolder=cfg.prior_subfolder, decoder_subfolder=cfg.decoder_subfolder
+    )
 
 
 def build_models(
-    cfg: SuiteConfig,
+    checkpoints: CheckpointPair | None,
     config: CascadeConfig,
+    *,
     dtypes: dict[str, torch.dtype],
     device: torch.device,
-    stages: tuple[str, ...] = STAGES,
+    seed: int,
+    stages: tuple[str, ...] = PIPELINE_STAGES,
 ) -> CascadeComponents:
-    from cascade_trt.checkpoints import load_components, random_components
+    """The checkpoints' modules, or (without checkpoints) `config`'s architectures with random weights."""
+    if checkpoints is None:
+        from cascade_trt.random_weights import random_components
 
-    if cfg.prior is None:
-        return random_components(config, stages=stages, dtypes=dtypes, device=device, seed=cfg.seed)
-    return load_components(cfg.prior, cfg.decoder, stages=stages, dtypes=dtypes, device=device)
+        return random_components(config, stages=stages, dtypes=dtypes, device=device, seed=seed)
+    from cascade_trt.components import load_components
+
+    return load_components(checkpoints, stages=stages, dtypes=dtypes, device=device)
 
 
 def build_drivers(
@@ -79,10 +81,11 @@ def build_drivers(
     progress: Callable[[str], None],
 ) -> Built:
     """A driver per backend name; a backend whose construction fails is skipped with the error as reason."""
-    config = cascade_config(cfg)
+    checkpoints = checkpoints_of(cfg)
+    config = checkpoints.config() if checkpoints is not None else get_preset(cfg.preset)
     policy = PrecisionPolicy.resolve(config, cfg.precision, device=device)
-    progress(f"building {config.name} models ({'random weights' if cfg.prior is None else 'checkpoints'})")
-    parts = build_models(cfg, config, policy.dtypes(), device)
+    progress(f"building {config.name} models ({'random weights' if checkpoints is None else 'checkpoints'})")
+    parts = build_models(checkpoints, config, dtypes=policy.dtypes(), device=device, seed=cfg.seed)
     built = Built(checkpoints="random" if cfg.prior is None else "pretrained", config=config)
     for name in names:
         try:
@@ -94,7 +97,7 @@ def build_drivers(
             )
             continue
         built.drivers[name] = driver
-        built.precision[name] = {s: precision[s] for s in STAGES}
+        built.precision[name] = {s: precision[s] for s in PIPELINE_STAGES}
     return built
 
 
@@ -130,7 +133,9 @@ def _build_one(
         pipe = CascadePipeline.from_components(parts, backend=name, engine_dir=cfg.engine_dir, **kwargs)
         return CascadeDriver(name, pipe), policy
     ort_policy = PrecisionPolicy.resolve(config, cfg.precision, device=device, target="onnxruntime")
-    onnx_dir = cfg.onnx_dir or export_onnx(cfg, config, ort_policy, workdir, progress)
+    onnx_dir = cfg.onnx_dir or export_onnx(
+        parts.checkpoints, config, ort_policy, workdir, progress, seed=cfg.seed
+    )
     kwargs["precision"] = dict(ort_policy.stages)
     pipe = CascadePipeline.from_components(parts, backend=name, onnx_dir=onnx_dir, **kwargs)
     return CascadeDriver(name, pipe), ort_policy
@@ -147,33 +152,43 @@ def _diffusers(
     if policy["text_encoder"] != policy["stage_c"]:
         stages["text_encoder"] = policy["stage_c"]
         dtype = PrecisionPolicy(stages).dtype("text_encoder")
-        own = build_models(cfg, config, {"text_encoder": dtype}, device, stages=("text_encoder",))
+        own = build_models(
+            parts.checkpoints,
+            config,
+            dtypes={"text_encoder": dtype},
+            device=device,
+            seed=cfg.seed,
+            stages=("text_encoder",),
+        )
         parts = dataclasses.replace(parts, text_encoder=own.text_encoder)
     return DiffusersDriver(parts), PrecisionPolicy(stages)
 
 
 def export_onnx(
-    cfg: SuiteConfig,
+    checkpoints: CheckpointPair | None,
     config: CascadeConfig,
     policy: PrecisionPolicy,
     workdir: Path,
     progress: Callable[[str], None],
+    *,
+    seed: int,
 ) -> Path:
-    """ONNX graphs of the benchmarked models, exported from diffusers-format checkpoints into `workdir`."""
+    """ONNX graphs of the benchmarked models, exported into `workdir` from the checkpoints, or (for random
+    weights) from a diffusers-format copy of the preset written with the same seed."""
     from cascade_trt.export import export_pipeline
 
-    if cfg.prior is None:
+    if checkpoints is None:
         from cascade_trt.tiny import make_pipelines
 
         progress(f"writing random {config.name} checkpoints for export")
-        root = make_pipelines(workdir / "checkpoints", config, seed=cfg.seed, overwrite=True)
-        prior, decoder = root / "prior", root / "decoder"
-    else:
-        prior, decoder = cfg.prior, cfg.decoder
+        root = make_pipelines(workdir / "checkpoints", config, seed=seed, overwrite=True)
+        checkpoints = CheckpointPair(root / "prior", root / "decoder")
     progress("exporting ONNX graphs")
     out = workdir / "onnx"
     with _quiet(QUIET_LOGGERS):
-        export_pipeline(prior, decoder, out, precision=dict(policy.stages), stages=STAGES, progress=False)
+        export_pipeline(
+            checkpoints, out, precision=dict(policy.stages), stages=PIPELINE_STAGES, progress=False
+        )
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from cascade_trt.benchmarks import BACKENDS, BASELINE  # noqa: F401 (re-exported: the suite imports them here)
-from cascade_trt.checkpoints import CascadeComponents
+from cascade_trt.components import CascadeComponents
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,11 @@ def run_stage(preset: str, stage: str, precision: str, out_dir: Path) -> dict[st
     import torch
 
     from cascade_trt.artifacts import onnx_path
-    from cascade_trt.checkpoints import random_components
     from cascade_trt.configs import get_preset
     from cascade_trt.export import export_stage
     from cascade_trt.modules import stage_module
     from cascade_trt.precision import DTYPES
+    from cascade_trt.random_weights import random_components
     from cascade_trt.stages import stage_specs
 
     config = get_preset(preset)

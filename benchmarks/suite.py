@@ -63,6 +63,8 @@ class SuiteConfig:
     # Real checkpoints (diffusers-format directories or hub ids); None: random weights.
     prior: str | None = None
     decoder: str | None = None
+    prior_subfolder: str = "prior"  # the UNets' subfolders in them (prior_lite / decoder_lite for lite)
+    decoder_subfolder: str = "decoder"
     onnx_dir: str | None = None  # ONNX graphs to reuse for onnxruntime; None: exported into a temporary dir
     engine_dir: str | None = None  # TensorRT engines (tensorrt runs only with them)
     seed: int = 0

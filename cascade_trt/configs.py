@@ -5,18 +5,18 @@ subfolders `prior`/`prior_lite` and `decoder`/`decoder_lite`); `tiny` keeps ever
 in both stages, repeat mappers, effnet and pixel mappers, CLIP image conditioning) at a size that runs in
 milliseconds on a CPU, for tests.
 
-A `CascadeConfig` can also be read from checkpoint directories without loading weights
-(`CascadeConfig.from_pretrained`), so export, engines and the runtime describe a real checkpoint the same way
-they describe a preset.
+A `CascadeConfig` can also be built from a checkpoint's config.json files without loading weights
+(`CascadeConfig.from_diffusers`, which `CheckpointPair.config` feeds), so export, engines and the runtime describe a
+real checkpoint the same way they describe a preset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from cascade_trt.errors import ConfigError
 
 CTA = ("SDCascadeResBlock", "SDCascadeTimestepBlock", "SDCascadeAttnBlock")
 CT = ("SDCascadeResBlock", "SDCascadeTimestepBlock")
@@ -144,51 +144,40 @@ class CascadeConfig:
         return self.text_encoder.max_position_embeddings
 
     @classmethod
-    def from_pretrained(
+    def from_diffusers(
         cls,
-        prior: str | Path,
-        decoder: str | Path,
+        name: str,
         *,
-        prior_subfolder: str = "prior",
-        decoder_subfolder: str = "decoder",
+        text_encoder: dict[str, Any],
+        stage_c: dict[str, Any],
+        stage_b: dict[str, Any],
+        stage_a: dict[str, Any],
+        image_encoder: dict[str, Any] | None = None,
+        prior_index: dict[str, Any] | None = None,
+        decoder_index: dict[str, Any] | None = None,
     ) -> CascadeConfig:
-        """Read the architecture from local pipeline directories (config.json files only, no weights)."""
-        from cascade_trt.checkpoints import read_component_config
-
-        stage_c = UNetConfig.from_diffusers(read_component_config(prior, prior_subfolder, "prior"))
-        stage_b = UNetConfig.from_diffusers(read_component_config(decoder, decoder_subfolder, "decoder"))
-        te = read_component_config(prior, "text_encoder", "prior")
-        vq = read_component_config(decoder, "vqgan", "decoder")
-        image_encoder = None
-        try:
-            ie = read_component_config(prior, "image_encoder", "prior")
-        except FileNotFoundError:
-            ie = None
-        if ie is not None:
-            image_encoder = ImageEncoderConfig(**_pick(ImageEncoderConfig, ie.get("vision_config", ie)))
-        text_cfg = te.get("text_config", te)
+        """Build from the components' config.json dicts (transformers' CLIP configs may nest theirs under
+        `text_config` / `vision_config`) and the pipelines' model_index.json dicts, ignoring keys this project
+        does not need. `cascade_trt.checkpoints.CheckpointPair.config` reads them from disk."""
+        prior_index, decoder_index = prior_index or {}, decoder_index or {}
+        ie = image_encoder.get("vision_config", image_encoder) if image_encoder is not None else None
         return cls(
-            name=f"{Path(str(prior)).name}+{Path(str(decoder)).name}",
-            text_encoder=TextEncoderConfig(**_pick(TextEncoderConfig, text_cfg)),
-            stage_c=stage_c,
-            stage_b=stage_b,
-            stage_a=VQGANConfig(**_pick(VQGANConfig, vq)),
-            image_encoder=image_encoder,
-            resolution_multiple=_pipeline_constant(prior, "resolution_multiple", 42.67),
-            latent_dim_scale=_pipeline_constant(decoder, "latent_dim_scale", 10.67),
+            name=name,
+            text_encoder=TextEncoderConfig(
+                **_pick(TextEncoderConfig, text_encoder.get("text_config", text_encoder))
+            ),
+            stage_c=UNetConfig.from_diffusers(stage_c),
+            stage_b=UNetConfig.from_diffusers(stage_b),
+            stage_a=VQGANConfig(**_pick(VQGANConfig, stage_a)),
+            image_encoder=ImageEncoderConfig(**_pick(ImageEncoderConfig, ie)) if ie is not None else None,
+            resolution_multiple=float(prior_index.get("resolution_multiple", cls.resolution_multiple)),
+            latent_dim_scale=float(decoder_index.get("latent_dim_scale", cls.latent_dim_scale)),
         )
 
 
 def _pick(cls: type, config: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in config.items() if k in names}
-
-
-def _pipeline_constant(directory: str | Path, key: str, default: float) -> float:
-    path = Path(directory) / "model_index.json"
-    if not path.is_file():
-        return default
-    return float(json.loads(path.read_text()).get(key, default))
 
 
 # --- presets ---------------------------------------------------------------------------------------------
@@ -311,8 +300,6 @@ PRESETS: dict[str, CascadeConfig] = {"full": FULL, "lite": LITE, "tiny": TINY}
 
 
 def get_preset(name: str) -> CascadeConfig:
-    from cascade_trt.errors import ConfigError
-
     try:
         return PRESETS[name]
     except KeyError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cascade_trt.checkpoints import CascadeComponents
+from cascade_trt.components import CascadeComponents
 
 
 class TextEncoder(nn.Module):

@@ -23,24 +23,20 @@ import torch
 
 from cascade_trt.backends import RUNS_MODULES, StageRunner, backend_module, create_runner
 from cascade_trt.backends.base import Bindings
-from cascade_trt.checkpoints import (
-    CascadeComponents,
-    check_exported_sources,
-    load_components,
-    resolve_pipeline_dir,
-)
+from cascade_trt.checkpoints import CheckpointPair
+from cascade_trt.components import CascadeComponents, load_components
 from cascade_trt.configs import CascadeConfig
 from cascade_trt.cuda_graphs import GraphCache
 from cascade_trt.devices import check_device
 from cascade_trt.errors import ConfigError, NonFiniteOutputError, ShapeError
 from cascade_trt.loop import Denoiser, StageRun
 from cascade_trt.precision import NAMES, PrecisionPolicy
+from cascade_trt.provenance import check_exported_sources
 from cascade_trt.scheduler import SchedulerConfig
-from cascade_trt.stages import SIZE_UNIT, check_size, latent_sizes, stage_specs
+from cascade_trt.stages import PIPELINE_STAGES, SIZE_UNIT, check_size, latent_sizes, stage_specs
 
 log = logging.getLogger(__name__)
 
-PIPELINE_STAGES = ("text_encoder", "stage_c", "stage_b", "stage_a")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
@@ -123,40 +119,15 @@ class CascadePipeline:
         """
         backend_module(backend)  # unknown backend: fail before loading anything
         device = check_device(device)
-        prior_dir = resolve_pipeline_dir(prior, "prior", subfolder=prior_subfolder)
-        decoder_dir = resolve_pipeline_dir(decoder, "decoder", subfolder=decoder_subfolder)
-        config = CascadeConfig.from_pretrained(
-            prior_dir, decoder_dir, prior_subfolder=prior_subfolder, decoder_subfolder=decoder_subfolder
+        checkpoints = CheckpointPair.resolve(
+            prior, decoder, prior_subfolder=prior_subfolder, decoder_subfolder=decoder_subfolder
         )
-        policy = PrecisionPolicy.resolve(config, precision, device=device, target=backend)
+        policy = PrecisionPolicy.resolve(checkpoints.config(), precision, device=device, target=backend)
         if onnx_dir is not None and backend not in RUNS_MODULES:
-            check_exported_sources(
-                onnx_dir,
-                PIPELINE_STAGES,
-                prior_dir,
-                decoder_dir,
-                prior_subfolder=prior_subfolder,
-                decoder_subfolder=decoder_subfolder,
-            )
-        if backend in RUNS_MODULES:
-            components = load_components(
-                prior_dir,
-                decoder_dir,
-                stages=PIPELINE_STAGES,
-                dtypes=policy.dtypes(),
-                device=device,
-                prior_subfolder=prior_subfolder,
-                decoder_subfolder=decoder_subfolder,
-            )
-        else:
-            from transformers import CLIPTokenizer
-
-            tokenizer = CLIPTokenizer.from_pretrained(prior_dir, subfolder="tokenizer")
-            components = CascadeComponents(config=config, tokenizer=tokenizer)
-        schedulers = {
-            "stage_c": SchedulerConfig.from_pretrained(prior_dir),
-            "stage_b": SchedulerConfig.from_pretrained(decoder_dir),
-        }
+            check_exported_sources(onnx_dir, PIPELINE_STAGES, checkpoints)
+        stages = PIPELINE_STAGES if backend in RUNS_MODULES else ()  # the others need only the tokenizer
+        components = load_components(checkpoints, stages=stages, dtypes=policy.dtypes(), device=device)
+        schedulers = checkpoints.schedulers()
         return cls.from_components(
             components,
             backend=backend,

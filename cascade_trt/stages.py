@@ -26,6 +26,7 @@ from cascade_trt.errors import ConfigError, ShapeError
 
 SIZE_UNIT = 128
 STAGE_NAMES = ("text_encoder", "image_encoder", "stage_c", "stage_b", "stage_a")
+PIPELINE_STAGES = ("text_encoder", "stage_c", "stage_b", "stage_a")  # what text to image runs
 COMPUTE = "compute"  # dtype token: the stage's precision (fp32, fp16 or bf16)
 
 _TOKEN = re.compile(r"^(\d*)([hw])$")

@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 from cascade_trt.artifacts import check_output_dir
-from cascade_trt.checkpoints import random_components
 from cascade_trt.configs import TINY, CascadeConfig
 from cascade_trt.errors import ConfigError
+from cascade_trt.random_weights import random_components
 
 
 def make_pipelines(

@@ -1,7 +1,8 @@
 """ONNX export of every Stable Cascade stage, and its verification in ONNX Runtime.
 
+    from cascade_trt.checkpoints import CheckpointPair
     from cascade_trt.export import export_pipeline
-    paths = export_pipeline("path/to/prior", "path/to/decoder", "onnx/", precision="fp32")
+    paths = export_pipeline(CheckpointPair.resolve("path/to/prior", "path/to/decoder"), "onnx/", precision="fp32")
 
 `export_stage` exports one wrapper module (`cascade_trt.modules`); `cascade_trt.export.verify` runs the
 result in ONNX Runtime against the PyTorch module. torch, onnx and onnxruntime load only when these run.

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from cascade_trt.artifacts import MANIFEST_VERSION, sha256_file, tool_versions
-from cascade_trt.checkpoints import weights_hash
 from cascade_trt.export.inputs import tensor_dtype
 from cascade_trt.precision import NAMES
+from cascade_trt.provenance import weights_hash
 from cascade_trt.stages import StageSpec, TensorSpec
 
 TOOLS = ("torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "diffusers", "transformers", "cascade-trt")

@@ -14,35 +14,27 @@ from pathlib import Path
 from typing import Any
 
 from cascade_trt.artifacts import check_output_dir, onnx_path, read_manifest, tool_versions
-from cascade_trt.checkpoints import (
-    checkpoint_fingerprint,
-    component_origin,
-    load_components,
-    read_component_config,
-    resolve_pipeline_dir,
-)
-from cascade_trt.configs import CascadeConfig
+from cascade_trt.checkpoints import CheckpointPair
+from cascade_trt.components import load_components
 from cascade_trt.devices import check_device
 from cascade_trt.export.manifest import TOOLS
 from cascade_trt.export.onnx_export import export_stage
 from cascade_trt.modules import stage_module
 from cascade_trt.precision import PrecisionPolicy
+from cascade_trt.provenance import export_source
 from cascade_trt.stages import StageSpec, select_stages
 
 log = logging.getLogger(__name__)
 
 
 def export_pipeline(
-    prior: str | Path,
-    decoder: str | Path,
+    checkpoints: CheckpointPair,
     out_dir: str | Path,
     *,
     precision: str | dict[str, str] = "fp32",
     stages: list[str] | tuple[str, ...] | None = None,
     opset: int | None = None,
     device: str = "cpu",
-    prior_subfolder: str = "prior",
-    decoder_subfolder: str = "decoder",
     progress: bool = True,
     force: bool = False,
 ) -> dict[str, Path]:
@@ -52,46 +44,26 @@ def export_pipeline(
     precision (and opset, when one is asked) by the same tools, is kept as it is unless `force`: an export
     that was interrupted resumes at the first stage it had not finished.
 
-    `prior`/`decoder` are diffusers-format pipeline directories or hub ids. `stages` defaults to every stage
-    the checkpoints have (the image encoder only when the prior ships one). `precision` is "auto", one of
-    fp32/fp16/bf16, or a per-stage dict, resolved by `PrecisionPolicy` for `device` ("auto" on a CPU means
-    fp32). Returns {stage: onnx path}.
+    `stages` defaults to every stage the checkpoints have (the image encoder only when the prior ships one).
+    `precision` is "auto", one of fp32/fp16/bf16, or a per-stage dict, resolved by `PrecisionPolicy` for
+    `device` ("auto" on a CPU means fp32). Returns {stage: onnx path}.
     """
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     check_device(device)
     check_output_dir(out_dir, "out_dir (--out)")
-    prior_dir = resolve_pipeline_dir(prior, "prior", subfolder=prior_subfolder)
-    decoder_dir = resolve_pipeline_dir(decoder, "decoder", subfolder=decoder_subfolder)
-    config = CascadeConfig.from_pretrained(
-        prior_dir, decoder_dir, prior_subfolder=prior_subfolder, decoder_subfolder=decoder_subfolder
-    )
+    config = checkpoints.config()
     specs = select_stages(config, stages)
     policy = PrecisionPolicy.resolve(config, precision, device=device, target="onnx")
-    loader = {
-        "prior": prior_dir,
-        "decoder": decoder_dir,
-        "prior_subfolder": prior_subfolder,
-        "decoder_subfolder": decoder_subfolder,
-        "device": device,
-    }
     written: dict[str, Path] = {}
     bar = tqdm(list(specs.items()), desc="export", unit="stage", disable=not progress)
     with logging_redirect_tqdm():  # per-stage log lines print above the bar, not through it
         for name, spec in bar:
             bar.set_postfix_str(name)
             start = time.monotonic()
-            kind, directory, subfolder = component_origin(
-                name,
-                prior_dir,
-                decoder_dir,
-                prior_subfolder=prior_subfolder,
-                decoder_subfolder=decoder_subfolder,
-            )
-            given = prior if kind == "prior" else decoder
             metadata = {
-                "source": _source(kind, given, directory, subfolder),
+                "source": export_source(checkpoints, name),
                 "cascade": config.name,
                 "export_device": str(device),
             }
@@ -100,7 +72,7 @@ def export_pipeline(
                 log.info("%s: %s is up to date (same weights, precision and tools), kept", name, path)
                 written[name] = path
                 continue
-            written[name] = _export_one(spec, loader, policy, path, opset, metadata)
+            written[name] = _export_one(checkpoints, spec, policy, path, opset, metadata, device)
             log.info(
                 "%s: %s, exported to %s in %.1f s",
                 name,
@@ -135,32 +107,19 @@ def is_current(path: Path, precision: str, opset: int | None, metadata: dict[str
 
 
 def _export_one(
+    checkpoints: CheckpointPair,
     spec: StageSpec,
-    loader: dict[str, Any],
     policy: PrecisionPolicy,
     out_path: Path,
     opset: int | None,
     metadata: dict[str, Any],
+    device: str,
 ) -> Path:
     """Load one stage in its export dtype, export it, and let its weights go before the next stage loads."""
-    components = load_components(
-        loader["prior"], loader["decoder"], stages=(spec.name,), dtypes={spec.name: policy.dtype(spec.name)},
-        device=loader["device"], prior_subfolder=loader["prior_subfolder"],
-        decoder_subfolder=loader["decoder_subfolder"],
-    )  # fmt: skip
+    dtype = policy.dtype(spec.name)
+    components = load_components(checkpoints, stages=(spec.name,), dtypes={spec.name: dtype}, device=device)
     module = stage_module(components, spec.name)
-    path = export_stage(module, spec, out_path, dtype=policy.dtype(spec.name), opset=opset, metadata=metadata)
+    path = export_stage(module, spec, out_path, dtype=dtype, opset=opset, metadata=metadata)
     del components, module
     gc.collect()
     return path
-
-
-def _source(kind: str, given: str | Path, directory: Path, subfolder: str) -> dict[str, Any]:
-    return {
-        "checkpoint": str(given),
-        "kind": kind,
-        "subfolder": subfolder,
-        "config": read_component_config(directory, subfolder, kind),
-        # What the runtime compares with the checkpoint it is given (`check_exported_sources`).
-        "fingerprint": checkpoint_fingerprint(directory / subfolder),
-    }

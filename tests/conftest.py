@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from cascade_trt.checkpoints import CheckpointPair
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -37,3 +41,11 @@ def tiny_prior(tiny_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_decoder(tiny_dir: Path) -> Path:
     return tiny_dir / "decoder"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_prior: Path, tiny_decoder: Path) -> CheckpointPair:
+    """The tiny prior and decoder as the `CheckpointPair` loaders and the exporter take."""
+    from cascade_trt.checkpoints import CheckpointPair
+
+    return CheckpointPair.resolve(tiny_prior, tiny_decoder)

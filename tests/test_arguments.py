@@ -14,11 +14,11 @@ import torch
 
 from cascade_trt import CascadePipeline
 from cascade_trt.artifacts import check_output_dir
-from cascade_trt.checkpoints import random_components
 from cascade_trt.cli import main
 from cascade_trt.configs import TINY
 from cascade_trt.devices import check_device
 from cascade_trt.errors import BackendUnavailableError, ConfigError, ShapeError
+from cascade_trt.random_weights import random_components
 
 
 def test_devices_are_checked_in_the_users_terms() -> None:

@@ -271,7 +271,7 @@ def test_precision_flag_takes_one_or_per_stage() -> None:
 
 
 def test_a_backend_with_wrong_images_is_dropped_and_recorded() -> None:
-    from cascade_trt.checkpoints import random_components
+    from cascade_trt.random_weights import random_components
 
     parts = random_components(TINY, stages=("text_encoder", "stage_c", "stage_b", "stage_a"))
 

@@ -1,4 +1,5 @@
-"""Tiny checkpoints load with diffusers'/transformers' own loaders and with ours; random builds keep their dtype."""
+"""Tiny checkpoints: located and validated as a pair, loaded with diffusers'/transformers' own loaders and with
+ours; random builds keep their dtype and seed."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cascade_trt.checkpoints import load_components, random_components, resolve_pipeline_dir
-from cascade_trt.configs import TINY, CascadeConfig
+from cascade_trt.checkpoints import CheckpointPair
+from cascade_trt.components import load_components
+from cascade_trt.configs import TINY
 from cascade_trt.errors import CheckpointError
+from cascade_trt.random_weights import random_components
 
 ALL_STAGES = ("text_encoder", "image_encoder", "stage_c", "stage_b", "stage_a")
 
@@ -49,10 +52,10 @@ def test_prior_pipeline_loads_with_diffusers(tiny_prior: Path):
     assert pipe.image_encoder is not None and pipe.prior.config.in_channels == 16
 
 
-def test_load_components_matches_the_library_loaders(tiny_prior: Path, tiny_decoder: Path):
+def test_load_components_matches_the_library_loaders(tiny_checkpoints: CheckpointPair, tiny_decoder: Path):
     from diffusers import StableCascadeUNet
 
-    parts = load_components(tiny_prior, tiny_decoder, stages=ALL_STAGES)
+    parts = load_components(tiny_checkpoints, stages=ALL_STAGES)
     assert all(getattr(parts, s) is not None for s in ALL_STAGES)
     assert parts.tokenizer is not None and parts.feature_extractor is not None
     reference = StableCascadeUNet.from_pretrained(tiny_decoder, subfolder="decoder").state_dict()
@@ -61,20 +64,31 @@ def test_load_components_matches_the_library_loaders(tiny_prior: Path, tiny_deco
     assert all(torch.equal(loaded[k], reference[k]) for k in reference)
     assert not any(p.requires_grad for p in parts.stage_c.parameters())
     assert dataclasses.replace(parts.config, name=TINY.name) == TINY
+    assert parts.checkpoints == tiny_checkpoints  # what exported graphs are checked against
 
 
-def test_load_components_loads_in_the_requested_dtype(tiny_prior: Path, tiny_decoder: Path):
+def test_load_components_loads_in_the_requested_dtype(tiny_checkpoints: CheckpointPair):
     dtypes = {"stage_c": torch.bfloat16, "stage_b": torch.float16, "text_encoder": torch.float16}
-    parts = load_components(tiny_prior, tiny_decoder, stages=tuple(dtypes), dtypes=dtypes)
+    parts = load_components(tiny_checkpoints, stages=tuple(dtypes), dtypes=dtypes)
     for stage, dtype in dtypes.items():
         assert {p.dtype for p in getattr(parts, stage).parameters()} == {dtype}, stage
     assert parts.stage_a is None and parts.image_encoder is None  # only what was asked for
 
 
-def test_config_from_pretrained_is_the_tiny_preset(tiny_prior: Path, tiny_decoder: Path):
-    config = CascadeConfig.from_pretrained(tiny_prior, tiny_decoder)
-    assert config.name != TINY.name  # named after the directories
+def test_the_pairs_config_is_the_tiny_preset_and_each_stage_has_its_place(
+    tiny_checkpoints: CheckpointPair, tiny_prior: Path, tiny_decoder: Path
+):
+    config = tiny_checkpoints.config()
+    assert config.name == "prior+decoder"  # named after the checkpoints
     assert dataclasses.replace(config, name=TINY.name) == TINY
+    places = {stage: tiny_checkpoints.location(stage).path for stage in ALL_STAGES}
+    assert places == {
+        "text_encoder": tiny_prior / "text_encoder",
+        "image_encoder": tiny_prior / "image_encoder",
+        "stage_c": tiny_prior / "prior",
+        "stage_b": tiny_decoder / "decoder",
+        "stage_a": tiny_decoder / "vqgan",
+    }
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -101,12 +115,12 @@ def test_random_weights_are_the_same_in_every_dtype(dtype: torch.dtype):
 
 
 def test_randomize_fills_parameters_larger_than_its_chunk(monkeypatch):
-    from cascade_trt import checkpoints
+    from cascade_trt import random_weights
 
-    monkeypatch.setattr(checkpoints, "_FILL_CHUNK", 7)  # 64 values in 10 chunks, the last one short
+    monkeypatch.setattr(random_weights, "_FILL_CHUNK", 7)  # 64 values in 10 chunks, the last one short
     layer = torch.nn.Linear(8, 8).requires_grad_(False)
     layer.weight.zero_()
-    checkpoints.randomize_(layer, seed=0)
+    random_weights.randomize_(layer, seed=0)
     assert (layer.weight != 0).all()
     assert 0.2 < layer.weight.std().item() < 0.6  # std 1/sqrt(8) = 0.35 asked
 
@@ -119,18 +133,18 @@ def test_random_components_use_seed():
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_missing_directory_names_the_fix(tmp_path: Path):
+def test_missing_directory_names_the_fix(tiny_prior: Path, tmp_path: Path):
     with pytest.raises(
         CheckpointError, match="does not exist: pass a diffusers-format StableCascadeDecoderPipeline"
     ):
-        resolve_pipeline_dir(tmp_path / "missing", "decoder")
+        CheckpointPair.resolve(tiny_prior, tmp_path / "missing")
 
 
-def test_a_file_is_not_a_pipeline_directory(tmp_path: Path):
+def test_a_file_is_not_a_pipeline_directory(tiny_decoder: Path, tmp_path: Path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"")
     with pytest.raises(CheckpointError, match="is a file, not a pipeline directory"):
-        resolve_pipeline_dir(path, "prior")
+        CheckpointPair.resolve(path, tiny_decoder)
 
 
 def test_swapped_pipelines_are_named(tiny_prior: Path, tiny_decoder: Path):
@@ -138,27 +152,27 @@ def test_swapped_pipelines_are_named(tiny_prior: Path, tiny_decoder: Path):
         CheckpointError,
         match="StableCascadeDecoderPipeline.*decoder pipeline: pass it as --decoder, and a prior pipeline as --prior",
     ):
-        resolve_pipeline_dir(tiny_decoder, "prior")
-    with pytest.raises(CheckpointError, match="pipeline: pass it as --"):
-        load_components(tiny_decoder, tiny_prior, stages=("stage_c",))
+        CheckpointPair.resolve(tiny_decoder, tiny_prior)
+    with pytest.raises(CheckpointError, match="StableCascadeDecoderPipeline.*pass it as --decoder"):
+        CheckpointPair(tiny_decoder, tiny_prior)  # made directly, it is validated all the same
 
 
-def test_wrong_unet_class_and_missing_components(tiny_decoder: Path, tmp_path: Path):
+def test_wrong_unet_class_and_missing_components(tiny_prior: Path, tiny_decoder: Path, tmp_path: Path):
     broken = tmp_path / "decoder"
     shutil.copytree(tiny_decoder, broken)
     shutil.rmtree(broken / "vqgan")
     with pytest.raises(CheckpointError, match="lacks vqgan: not a complete Stable Cascade decoder"):
-        resolve_pipeline_dir(broken, "decoder")
+        CheckpointPair.resolve(tiny_prior, broken)
     config = json.loads((broken / "decoder" / "config.json").read_text())
     (broken / "decoder" / "config.json").write_text(
         json.dumps({**config, "_class_name": "UNet2DConditionModel"})
     )
     with pytest.raises(CheckpointError, match="'UNet2DConditionModel', not a StableCascadeUNet"):
-        resolve_pipeline_dir(broken, "decoder")
+        CheckpointPair.resolve(tiny_prior, broken)
 
 
-def test_lite_subfolder_that_is_absent_is_named(tiny_prior: Path):
+def test_lite_subfolder_that_is_absent_is_named(tiny_prior: Path, tiny_decoder: Path):
     with pytest.raises(
         CheckpointError, match="prior_lite/config.json not found: .* is not a Stable Cascade prior directory"
     ):
-        resolve_pipeline_dir(tiny_prior, "prior", subfolder="prior_lite")
+        CheckpointPair.resolve(tiny_prior, tiny_decoder, prior_subfolder="prior_lite")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cascade_trt import CascadePipeline
-from cascade_trt.checkpoints import random_components
 from cascade_trt.configs import TINY
+from cascade_trt.random_weights import random_components
 
 pytestmark = pytest.mark.gpu
 

@@ -15,7 +15,6 @@ import torch
 from onnx import TensorProto
 
 from cascade_trt.cli import main
-from cascade_trt.configs import CascadeConfig
 from cascade_trt.engines.builder import BuildOptions, plan_builds
 from cascade_trt.engines.check import (
     TOLERANCES,
@@ -37,22 +36,22 @@ POINTS = ((1, 256, 256), (3, 128, 384))
 
 
 @pytest.fixture(scope="module")
-def bf16_dir(tmp_path_factory: pytest.TempPathFactory, tiny_prior: Path, tiny_decoder: Path) -> Path:
+def bf16_dir(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints) -> Path:
     from cascade_trt.export import export_pipeline
 
     out = tmp_path_factory.mktemp("onnx_bf16")
-    export_pipeline(tiny_prior, tiny_decoder, out, precision="bf16", stages=list(STAGES), progress=False)
+    export_pipeline(tiny_checkpoints, out, precision="bf16", stages=list(STAGES), progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
-def torch_modules(tiny_prior: Path, tiny_decoder: Path) -> dict[str, torch.nn.Module]:
+def torch_modules(tiny_checkpoints) -> dict[str, torch.nn.Module]:
     """The same stages in bf16 in PyTorch (the torch backend's precision under the same policy)."""
-    from cascade_trt.checkpoints import load_components
+    from cascade_trt.components import load_components
     from cascade_trt.modules import stage_module
 
     dtypes = dict.fromkeys(STAGES, torch.bfloat16)
-    components = load_components(tiny_prior, tiny_decoder, stages=STAGES, dtypes=dtypes)
+    components = load_components(tiny_checkpoints, stages=STAGES, dtypes=dtypes)
     return {name: stage_module(components, name) for name in STAGES}
 
 
@@ -126,8 +125,8 @@ def test_reference_session_runs_the_bf16_export_on_cpu(bf16_dir: Path) -> None:
     assert images.min() >= 0.0 and images.max() <= 1.0, "Stage A's graph clamps to [0, 1]"
 
 
-def test_build_plan_from_the_real_export(bf16_dir: Path, tiny_prior: Path, tiny_decoder: Path) -> None:
-    config = CascadeConfig.from_pretrained(tiny_prior, tiny_decoder)
+def test_build_plan_from_the_real_export(bf16_dir: Path, tiny_checkpoints) -> None:
+    config = tiny_checkpoints.config()
     shapes = BuildShapes(SizeRange.square(256, 512, 768), BatchRange(1, 1, 2))
     plans = plan_builds(bf16_dir, precision="bf16", options=BuildOptions(shapes))
     assert [p.stage.name for p in plans] == ["stage_b", "stage_a"]  # pipeline order

@@ -12,14 +12,11 @@ import pytest
 import torch
 
 from cascade_trt.artifacts import manifest_path, read_manifest, sha256_file
-from cascade_trt.checkpoints import (
-    checkpoint_fingerprint,
-    load_components,
-    read_component_config,
-    weights_hash,
-)
+from cascade_trt.checkpoints import CheckpointPair
+from cascade_trt.cli import main
+from cascade_trt.components import load_components
 from cascade_trt.configs import TINY
-from cascade_trt.errors import CheckpointError, ConfigError, PrecisionError, ShapeError
+from cascade_trt.errors import ConfigError, PrecisionError, ShapeError
 from cascade_trt.export import export_pipeline, export_stage
 from cascade_trt.export.manifest import REQUIRED_FIELDS
 from cascade_trt.export.verify import (
@@ -32,6 +29,7 @@ from cascade_trt.export.verify import (
     verify_export,
 )
 from cascade_trt.modules import stage_module
+from cascade_trt.provenance import checkpoint_fingerprint, weights_hash
 from cascade_trt.stages import STAGE_NAMES, stage_specs
 
 TOLERANCE = 1e-4
@@ -45,16 +43,14 @@ COMPONENT_DIRS = {
 
 
 @pytest.fixture(scope="module")
-def exported(
-    tiny_prior: Path, tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
+def exported(tiny_checkpoints: CheckpointPair, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("onnx")
-    return export_pipeline(tiny_prior, tiny_decoder, out, precision="fp32", progress=False)
+    return export_pipeline(tiny_checkpoints, out, precision="fp32", progress=False)
 
 
 @pytest.fixture(scope="module")
-def components(tiny_prior: Path, tiny_decoder: Path):
-    return load_components(tiny_prior, tiny_decoder, stages=STAGE_NAMES)
+def components(tiny_checkpoints: CheckpointPair):
+    return load_components(tiny_checkpoints, stages=STAGE_NAMES)
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +143,12 @@ def test_manifest_documents_the_model(exported, components, specs, tiny_prior, t
     )
     kind, subfolder = COMPONENT_DIRS[stage]
     root = tiny_prior if kind == "prior" else tiny_decoder
-    assert manifest["source"]["config"] == read_component_config(root, subfolder, kind)
+    assert manifest["source"]["config"] == json.loads((root / subfolder / "config.json").read_text())
     assert manifest["source"]["fingerprint"] == checkpoint_fingerprint(root / subfolder)
     assert manifest["weights_hash"] == weights_hash(getattr(components, stage))
 
 
-def test_a_second_export_keeps_what_is_current_and_redoes_what_is_not(
-    exported, tiny_prior, tiny_decoder, tmp_path
-):
+def test_a_second_export_keeps_what_is_current_and_redoes_what_is_not(exported, tiny_checkpoints, tmp_path):
     import shutil
 
     from cascade_trt.tiny import make_pipelines
@@ -166,16 +160,18 @@ def test_a_second_export_keeps_what_is_current_and_redoes_what_is_not(
         return {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
     before = stamps()
-    again = export_pipeline(tiny_prior, tiny_decoder, out, precision="fp32", progress=False)
+    again = export_pipeline(tiny_checkpoints, out, precision="fp32", progress=False)
     assert sorted(again) == sorted(exported) and stamps() == before, "an up-to-date export is kept as it is"
 
-    forced = export_pipeline(tiny_prior, tiny_decoder, out, stages=["stage_a"], force=True, progress=False)
+    forced = export_pipeline(tiny_checkpoints, out, stages=["stage_a"], force=True, progress=False)
     after = stamps()
     assert after["stage_a.onnx"] != before["stage_a.onnx"] and after["stage_b.onnx"] == before["stage_b.onnx"]
     assert forced == {"stage_a": out / "stage_a.onnx"}
 
     other = make_pipelines(tmp_path / "other", seed=1)  # same architecture, other weights
-    export_pipeline(other / "prior", other / "decoder", out, stages=["stage_a"], progress=False)
+    export_pipeline(
+        CheckpointPair(other / "prior", other / "decoder"), out, stages=["stage_a"], progress=False
+    )
     manifest = read_manifest(out / "stage_a.onnx")
     assert manifest["source"]["fingerprint"] == checkpoint_fingerprint(other / "decoder" / "vqgan")
     assert stamps()["stage_a.onnx"] != after["stage_a.onnx"]
@@ -230,41 +226,46 @@ def test_size_must_be_a_multiple_of_128(components, specs, tmp_path):
     assert not (tmp_path / "a.onnx").exists()
 
 
-def test_unknown_stage(tiny_prior, tiny_decoder, tmp_path):
+def test_unknown_stage(tiny_checkpoints, tmp_path):
     with pytest.raises(ConfigError, match="unknown stage.*stage_d.*choose from.*stage_c"):
-        export_pipeline(tiny_prior, tiny_decoder, tmp_path, stages=["stage_d"], progress=False)
+        export_pipeline(tiny_checkpoints, tmp_path, stages=["stage_d"], progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_directory(tiny_decoder, tmp_path):
-    with pytest.raises(
-        CheckpointError, match="does not exist: pass a diffusers-format StableCascadePriorPipeline"
-    ):
-        export_pipeline(tmp_path / "nowhere", tiny_decoder, tmp_path / "out", progress=False)
+def _export_error(prior: Path, decoder: Path, out: Path, capsys) -> str:
+    """`cascade-trt export`'s one-line error for these checkpoints; nothing may be written."""
+    assert main(["export", "--prior", str(prior), "--decoder", str(decoder), "--out", str(out)]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
 
 
-def test_not_a_stable_cascade_directory(tiny_decoder, tmp_path):
+def test_missing_directory(tiny_decoder, tmp_path, capsys):
+    err = _export_error(tmp_path / "nowhere", tiny_decoder, tmp_path / "out", capsys)
+    assert "does not exist: pass a diffusers-format StableCascadePriorPipeline" in err
+
+
+def test_not_a_stable_cascade_directory(tiny_decoder, tmp_path, capsys):
     fake = tmp_path / "sd"
     (fake / "unet").mkdir(parents=True)
     (fake / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    with pytest.raises(
-        CheckpointError, match="holds a StableDiffusionPipeline, not a StableCascadePriorPipeline"
-    ):
-        export_pipeline(fake, tiny_decoder, tmp_path / "out", progress=False)
+    err = _export_error(fake, tiny_decoder, tmp_path / "out", capsys)
+    assert "holds a StableDiffusionPipeline, not a StableCascadePriorPipeline" in err
     (fake / "model_index.json").unlink()
-    with pytest.raises(CheckpointError, match="not a Stable Cascade prior directory"):
-        export_pipeline(fake, tiny_decoder, tmp_path / "out", progress=False)
+    err = _export_error(fake, tiny_decoder, tmp_path / "out", capsys)
+    assert (
+        f"{fake / 'prior' / 'config.json'} not found: {fake} is not a Stable Cascade prior directory" in err
+    )
 
 
-def test_prior_and_decoder_swapped(tiny_prior, tiny_decoder, tmp_path):
-    with pytest.raises(CheckpointError, match="pipeline: pass it as --"):
-        export_pipeline(tiny_decoder, tiny_prior, tmp_path / "out", progress=False)
+def test_prior_and_decoder_swapped(tiny_prior, tiny_decoder, tmp_path, capsys):
+    err = _export_error(tiny_decoder, tiny_prior, tmp_path / "out", capsys)
+    assert "a decoder pipeline: pass it as --decoder, and a prior pipeline as --prior" in err
 
 
 def test_cli_exports_fp16_that_onnxruntime_cpu_refuses_to_run(tiny_prior, tiny_decoder, tmp_path, capsys):
     """fp16 export is allowed (for GPU targets); running the graph on ORT's CPU provider is refused."""
-    from cascade_trt.cli import main
-
     out = tmp_path / "onnx"
     args = ["export", "--prior", str(tiny_prior), "--decoder", str(tiny_decoder), "--out", str(out)]
     assert main([*args, "--stages", "stage_a", "--precision", "fp16", "--no-progress"]) == 0

@@ -8,11 +8,11 @@ from diffusers import DDPMWuerstchenScheduler
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cascade_trt.backends.torch_backend import TorchRunner
-from cascade_trt.checkpoints import random_components
 from cascade_trt.configs import TINY
 from cascade_trt.cuda_graphs import GraphCache
 from cascade_trt.loop import Denoiser, StageRun
 from cascade_trt.modules import stage_module
+from cascade_trt.random_weights import random_components
 from cascade_trt.stages import stage_specs
 
 HEIGHT, WIDTH = 128, 256

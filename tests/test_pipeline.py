@@ -62,12 +62,12 @@ def reference(dirs):
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(dirs, tmp_path_factory) -> Path:
+def onnx_dir(tiny_checkpoints, tmp_path_factory) -> Path:
     from cascade_trt.export import export_pipeline
 
     out = tmp_path_factory.mktemp("onnx")
     stages = ["text_encoder", "stage_c", "stage_b", "stage_a"]
-    export_pipeline(*dirs, out, precision="fp32", stages=stages, progress=False)
+    export_pipeline(tiny_checkpoints, out, precision="fp32", stages=stages, progress=False)
     return out
 
 
@@ -348,10 +348,10 @@ def test_onnxruntime_needs_its_directory(dirs):
         CascadePipeline.from_pretrained(*dirs, backend="onnxruntime")
 
 
-def test_nan_in_a_stage_is_named_with_the_fix(dirs):
-    from cascade_trt.checkpoints import load_components
+def test_nan_in_a_stage_is_named_with_the_fix(tiny_checkpoints):
+    from cascade_trt.components import load_components
 
-    components = load_components(*dirs)
+    components = load_components(tiny_checkpoints)
     with torch.no_grad():
         next(components.stage_b.parameters()).fill_(float("nan"))
     pipe = CascadePipeline.from_components(components, backend="torch", device="cpu")
@@ -442,8 +442,8 @@ def test_onnxruntime_refuses_shapes_and_precisions_a_graph_cannot_take(tmp_path)
 def test_onnx_models_exported_from_other_weights_are_refused(dirs, onnx_dir, tmp_path):
     """Same architecture, other weights (another seed): the manifests' fingerprints tell them apart, and the
     error names the first stage whose weights differ."""
-    from cascade_trt.checkpoints import checkpoint_fingerprint
     from cascade_trt.errors import ArtifactMismatchError
+    from cascade_trt.provenance import checkpoint_fingerprint
     from cascade_trt.tiny import make_pipelines
 
     other = make_pipelines(tmp_path / "other", seed=1)

@@ -1,8 +1,13 @@
-"""argparse `type=` callbacks: a bad number is refused while parsing, naming its flag, before any loading."""
+"""What the subcommands' parsers share: `type=` callbacks (a bad number is refused while parsing, naming its
+flag, before any loading), the help formatter, and the checkpoint flags with the `CheckpointPair` they give."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cascade_trt.checkpoints import CheckpointPair
 
 
 def positive_int(text: str) -> int:
@@ -38,3 +43,27 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         ):
             return action.help
         return super()._get_help_string(action)
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser, *, required: bool = True, instead: str = "") -> None:
+    """--prior, --decoder and their UNet subfolders (`instead`: what is used when they are not given)."""
+    p.add_argument(
+        "--prior", required=required, help=f"StableCascadePriorPipeline directory or hub id{instead}"
+    )
+    p.add_argument("--decoder", required=required, help="StableCascadeDecoderPipeline directory or hub id")
+    p.add_argument("--prior-subfolder", default="prior", help="prior UNet subfolder (prior_lite for lite)")
+    p.add_argument(
+        "--decoder-subfolder", default="decoder", help="decoder UNet subfolder (decoder_lite for lite)"
+    )
+
+
+def checkpoint_pair(args: argparse.Namespace) -> CheckpointPair:
+    """The checkpoints the flags of `add_checkpoint_args` name, fetched and validated."""
+    from cascade_trt.checkpoints import CheckpointPair
+
+    return CheckpointPair.resolve(
+        args.prior,
+        args.decoder,
+        prior_subfolder=args.prior_subfolder,
+        decoder_subfolder=args.decoder_subfolder,
+    )

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cascade_trt.benchmarks import BACKENDS
-from cascade_trt.cli.argtypes import non_negative_int, positive_int
+from cascade_trt.cli.argtypes import add_checkpoint_args, non_negative_int, positive_int
 from cascade_trt.errors import ConfigError
 
 
@@ -77,10 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="auto, fp32, fp16 or bf16, or per stage: stage_c=bf16,stage_b=fp16 (auto: fp32 on CPU; on GPU bf16 "
         "for the full Stage C, fp16 elsewhere)",
     )
-    p.add_argument(
-        "--prior", help="prior checkpoint (diffusers directory or hub id) instead of random weights"
-    )
-    p.add_argument("--decoder", help="decoder checkpoint, with --prior")
+    add_checkpoint_args(p, required=False, instead=", with --decoder (default: random weights of --preset)")
     p.add_argument(
         "--onnx-dir", help="ONNX graphs for onnxruntime (default: exported into a temporary directory)"
     )
@@ -164,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         precision=parse_precision(args.precision),
         prior=args.prior,
         decoder=args.decoder,
+        prior_subfolder=args.prior_subfolder,
+        decoder_subfolder=args.decoder_subfolder,
         onnx_dir=args.onnx_dir,
         engine_dir=args.engine_dir,
         seed=args.seed,

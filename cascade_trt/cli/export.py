@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from cascade_trt.cli.argtypes import add_checkpoint_args, checkpoint_pair
 from cascade_trt.stages import STAGE_NAMES
 
 
@@ -15,8 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Writes DIR/<stage>.onnx (+ <stage>.onnx.data for large models) and DIR/<stage>.json for the "
         "text encoder, image encoder (when the prior has one), stage_c, stage_b and stage_a. Writes are atomic.",
     )
-    p.add_argument("--prior", required=True, help="StableCascadePriorPipeline directory or hub id")
-    p.add_argument("--decoder", required=True, help="StableCascadeDecoderPipeline directory or hub id")
+    add_checkpoint_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the models into")
     p.add_argument(
         "--precision",
@@ -28,10 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", nargs="+", metavar="STAGE", help=f"subset of: {' '.join(STAGE_NAMES)}")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to trace on")
-    p.add_argument("--prior-subfolder", default="prior", help="prior UNet subfolder (prior_lite for lite)")
-    p.add_argument(
-        "--decoder-subfolder", default="decoder", help="decoder UNet subfolder (decoder_lite for lite)"
-    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--force",
@@ -49,15 +45,12 @@ def run(args: argparse.Namespace) -> int:
     for name in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     paths = export_pipeline(
-        args.prior,
-        args.decoder,
+        checkpoint_pair(args),
         args.out,
         precision=args.precision,
         stages=args.stages,
         opset=args.opset,
         device=args.device,
-        prior_subfolder=args.prior_subfolder,
-        decoder_subfolder=args.decoder_subfolder,
         progress=not args.no_progress,
         force=args.force,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cascade_trt.cli.argtypes import DefaultsHelpFormatter, positive_int
+from cascade_trt.cli.argtypes import DefaultsHelpFormatter, add_checkpoint_args, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("prompt", help="the text prompt")
-    p.add_argument("--prior", required=True, help="StableCascadePriorPipeline directory or hub id")
-    p.add_argument("--decoder", required=True, help="StableCascadeDecoderPipeline directory or hub id")
+    add_checkpoint_args(p)
     p.add_argument(
         "--out",
         required=True,
@@ -62,8 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the modules (torch backend)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the loops uncaptured")
-    p.add_argument("--prior-subfolder", default="prior", help="prior UNet subfolder (prior_lite for lite)")
-    p.add_argument("--decoder-subfolder", default="decoder", help="decoder UNet subfolder (decoder_lite)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
