@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cascade_trt.benchmarks.drivers import BASELINE, CascadeDriver, DiffusersDriver, Driver
+from cascade_trt.backends import get_backend
+from cascade_trt.benchmarks import BASELINE, runtime_backend
+from cascade_trt.benchmarks.drivers import CascadeDriver, DiffusersDriver, Driver
 from cascade_trt.checkpoints import CheckpointPair
 from cascade_trt.components import CascadeComponents
 from cascade_trt.configs import CascadeConfig, get_preset
-from cascade_trt.errors import ConfigError
 from cascade_trt.precision import PrecisionPolicy
 from cascade_trt.stages import PIPELINE_STAGES
 
@@ -42,15 +43,6 @@ class Built:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: str = "random"
     config: CascadeConfig | None = None
-
-
-def checkpoints_of(cfg: SuiteConfig) -> CheckpointPair | None:
-    """The checkpoints a run measures, fetched and validated; None for the preset's random weights."""
-    if cfg.prior is None:
-        return None
-    return CheckpointPair.resolve(
-        cfg.prior, cfg.decoder, prior_subfolder=cfg.prior_subfolder, decoder_subfolder=cfg.decoder_subfolder
-    )
 
 
 def build_models(
@@ -81,12 +73,12 @@ def build_drivers(
     progress: Callable[[str], None],
 ) -> Built:
     """A driver per backend name; a backend whose construction fails is skipped with the error as reason."""
-    checkpoints = checkpoints_of(cfg)
+    checkpoints = cfg.checkpoints
     config = checkpoints.config() if checkpoints is not None else get_preset(cfg.preset)
     policy = PrecisionPolicy.resolve(config, cfg.precision, device=device)
     progress(f"building {config.name} models ({'random weights' if checkpoints is None else 'checkpoints'})")
     parts = build_models(checkpoints, config, dtypes=policy.dtypes(), device=device, seed=cfg.seed)
-    built = Built(checkpoints="random" if cfg.prior is None else "pretrained", config=config)
+    built = Built(checkpoints="random" if checkpoints is None else "pretrained", config=config)
     for name in names:
         try:
             driver, precision = _build_one(name, cfg, config, parts, policy, device, Path(workdir), progress)
@@ -115,30 +107,24 @@ def _build_one(
         return _diffusers(cfg, config, parts, policy, device)
     from cascade_trt.pipeline import CascadePipeline
 
-    kwargs: dict[str, Any] = {"device": device, "precision": dict(policy.stages)}
-    if name in ("torch", "torch-compile"):
-        # A row labelled torch-compile must be compiled: past the recompile limit, fail rather than run
-        # eagerly (the failure is recorded for that shape and the other backends go on). torch >= 2.6.
-        if name == "torch-compile" and hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
-            torch._dynamo.config.fail_on_recompile_limit_hit = True
-        pipe = CascadePipeline.from_components(
-            parts, backend="torch", compile=name == "torch-compile", **kwargs
-        )
-        return CascadeDriver(name, pipe), policy
-    if name == "tensorrt":
-        if cfg.engine_dir is None:
-            raise ConfigError(
-                "tensorrt runs prebuilt engines: build them with `cascade-trt build`, pass --engine-dir"
-            )
-        pipe = CascadePipeline.from_components(parts, backend=name, engine_dir=cfg.engine_dir, **kwargs)
-        return CascadeDriver(name, pipe), policy
-    ort_policy = PrecisionPolicy.resolve(config, cfg.precision, device=device, target="onnxruntime")
-    onnx_dir = cfg.onnx_dir or export_onnx(
-        parts.checkpoints, config, ort_policy, workdir, progress, seed=cfg.seed
+    backend, variant = runtime_backend(name)
+    policy = PrecisionPolicy.resolve(config, cfg.precision, device=device, target=backend)
+    if variant.get("compile") and hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+        # A row labelled compiled must be compiled: past the recompile limit, fail rather than run eagerly
+        # (the failure is recorded for that shape and the other backends go on). torch >= 2.6.
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
+    given = {"onnx_dir": cfg.onnx_dir, "engine_dir": cfg.engine_dir, **variant}
+    if backend == "onnxruntime" and cfg.onnx_dir is None:  # it runs graphs: export the benchmarked models
+        given["onnx_dir"] = export_onnx(parts.checkpoints, config, policy, workdir, progress, seed=cfg.seed)
+    takes = get_backend(backend).option_fields()
+    pipe = CascadePipeline.from_components(
+        parts,
+        backend=backend,
+        device=device,
+        precision=dict(policy.stages),
+        **{key: value for key, value in given.items() if key in takes},
     )
-    kwargs["precision"] = dict(ort_policy.stages)
-    pipe = CascadePipeline.from_components(parts, backend=name, onnx_dir=onnx_dir, **kwargs)
-    return CascadeDriver(name, pipe), ort_policy
+    return CascadeDriver(name, pipe), policy
 
 
 def _diffusers(

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
-from cascade_trt.benchmarks import BACKENDS, BASELINE  # noqa: F401 (re-exported: the suite imports them here)
+from cascade_trt.benchmarks import BACKENDS, BASELINE, runtime_backend
 from cascade_trt.components import CascadeComponents
 
 
@@ -189,25 +189,44 @@ def unavailable_reason(backend: str, device: torch.device, *, explicit: bool = T
 
     if backend not in BACKENDS:
         return f"unknown backend (choose from {', '.join(BACKENDS)})"
-    if backend != BASELINE and importlib.util.find_spec("cascade_trt.pipeline") is None:
+    if backend == BASELINE:
+        return None
+    if importlib.util.find_spec("cascade_trt.pipeline") is None:
         return "cascade_trt.pipeline (the runtime) is not in this build"
-    if backend == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
-        return "onnxruntime is not installed (pip install 'cascade-trt[onnxruntime]')"
-    if backend == "onnxruntime" and importlib.util.find_spec("cascade_trt.export") is None:
-        return "cascade_trt.export (the ONNX exporter) is not in this build"
-    if backend == "onnxruntime" and device.type == "cuda":
-        import onnxruntime
-
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            return "this onnxruntime has no CUDA execution provider (install onnxruntime-gpu to run it on the GPU)"
-    if backend == "tensorrt":
-        if device.type != "cuda":
-            return "TensorRT needs a CUDA GPU; this run is on the CPU"
-        if importlib.util.find_spec("tensorrt") is None:
-            return "the tensorrt Python package is not installed (see the README's TensorRT section)"
-    if backend == "torch-compile" and device.type == "cpu" and not explicit:
+    runtime, variant = runtime_backend(backend)
+    if variant.get("compile") and device.type == "cpu" and not explicit:
         return (
             "not run by default on the CPU: inductor compiles the UNets for minutes on a small CPU; "
             "name it in --backends to run it anyway"
         )
+    missing = _MISSING.get(runtime)
+    return missing(device) if missing is not None else None
+
+
+def _onnxruntime_missing(device: torch.device) -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed (pip install 'cascade-trt[onnxruntime]')"
+    if importlib.util.find_spec("cascade_trt.export") is None:
+        return "cascade_trt.export (the ONNX exporter) is not in this build"
+    if device.type == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "this onnxruntime has no CUDA execution provider (install onnxruntime-gpu to run it on the GPU)"
     return None
+
+
+def _tensorrt_missing(device: torch.device) -> str | None:
+    import importlib.util
+
+    if device.type != "cuda":
+        return "TensorRT needs a CUDA GPU; this run is on the CPU"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "the tensorrt Python package is not installed (see the README's TensorRT section)"
+    return None
+
+
+# What each runtime backend needs beyond the runtime itself, checked before anything is built.
+_MISSING = {"onnxruntime": _onnxruntime_missing, "tensorrt": _tensorrt_missing}

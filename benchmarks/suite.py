@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 
-from cascade_trt.benchmarks import costs, environment
+from cascade_trt.benchmarks import BACKENDS, BASELINE, costs, environment
 from cascade_trt.benchmarks.builders import Built, build_drivers
-from cascade_trt.benchmarks.drivers import BACKENDS, BASELINE, Driver, Workload, unavailable_reason
+from cascade_trt.benchmarks.drivers import Driver, Workload, unavailable_reason
 from cascade_trt.benchmarks.forward import bare_forwards
 from cascade_trt.benchmarks.memory import PeakMemory
 from cascade_trt.benchmarks.timing import Clock, make_clock, summarize
+from cascade_trt.checkpoints import CheckpointPair
 from cascade_trt.devices import check_device
 
 log = logging.getLogger("cascade_trt.bench")
@@ -60,11 +61,9 @@ class SuiteConfig:
     repeats: int = 5
     device: str = "cpu"
     precision: str | dict[str, str] = "auto"  # as PrecisionPolicy.resolve takes it
-    # Real checkpoints (diffusers-format directories or hub ids); None: random weights.
-    prior: str | None = None
-    decoder: str | None = None
-    prior_subfolder: str = "prior"  # the UNets' subfolders in them (prior_lite / decoder_lite for lite)
-    decoder_subfolder: str = "decoder"
+    checkpoints: CheckpointPair | None = (
+        None  # real checkpoints; None: the preset's architecture, random weights
+    )
     onnx_dir: str | None = None  # ONNX graphs to reuse for onnxruntime; None: exported into a temporary dir
     engine_dir: str | None = None  # TensorRT engines (tensorrt runs only with them)
     seed: int = 0
@@ -82,10 +81,6 @@ class SuiteConfig:
             raise ConfigError(f"--batch: images per call must be positive integers, got {list(self.batches)}")
         if self.steps_c < 1 or self.steps_b < 1:
             raise ConfigError(f"need at least one step per stage, got {self.steps_c} and {self.steps_b}")
-        if (self.prior is None) != (self.decoder is None):
-            raise ConfigError(
-                "real checkpoints need both --prior and --decoder (or neither, for random weights)"
-            )
 
 
 def choose_backends(requested: tuple[str, ...] | None, device: torch.device) -> tuple[list[str], list[dict]]:
@@ -363,13 +358,15 @@ def _matrix_peak(device: torch.device, progress: Callable[[str], None]) -> float
 
 def _config_json(cfg: SuiteConfig, built: Built) -> dict[str, Any]:
     out = asdict(cfg)
+    del out["checkpoints"]  # machine paths: only whether they were given is kept (prior, decoder below)
+    out["prior"] = out["decoder"] = cfg.checkpoints is not None
     out["sizes"] = [list(s) for s in cfg.sizes]
     out["batches"] = list(cfg.batches)
     out["backends"] = list(cfg.backends) if cfg.backends is not None else None
     out["checkpoints"] = built.checkpoints
     # The preset names random-weight runs; a checkpoint run is named after its directories (names, not paths).
     out["architecture"] = built.config.name if built.config is not None else cfg.preset
-    # Checkpoint and ONNX locations are machine paths: keep only whether they were given.
-    for key in ("prior", "decoder", "onnx_dir", "engine_dir"):
+    # ONNX and engine locations are machine paths too: keep only whether they were given.
+    for key in ("onnx_dir", "engine_dir"):
         out[key] = out[key] is not None
     return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,8 @@ from typing import Any
 
 import torch
 
-from cascade_trt.backends import RUNS_MODULES, StageRunner, backend_module, create_runner
-from cascade_trt.backends.base import Bindings
+from cascade_trt.backends import backend_options, get_backend
+from cascade_trt.backends.base import Bindings, StageRunner
 from cascade_trt.checkpoints import CheckpointPair
 from cascade_trt.components import CascadeComponents, load_components
 from cascade_trt.configs import CascadeConfig
@@ -31,7 +30,6 @@ from cascade_trt.devices import check_device
 from cascade_trt.errors import ConfigError, NonFiniteOutputError, ShapeError
 from cascade_trt.loop import Denoiser, StageRun
 from cascade_trt.precision import NAMES, PrecisionPolicy
-from cascade_trt.provenance import check_exported_sources
 from cascade_trt.scheduler import SchedulerConfig
 from cascade_trt.stages import PIPELINE_STAGES, SIZE_UNIT, check_size, latent_sizes, stage_specs
 
@@ -80,13 +78,12 @@ class CascadePipeline:
         device: torch.device | str = "cpu",
         schedulers: dict[str, SchedulerConfig] | None = None,
         cuda_graphs: bool = True,
-        backend: str = "torch",
     ) -> None:
         missing = [s for s in PIPELINE_STAGES if s not in runners]
         if missing:
             raise ConfigError(f"CascadePipeline needs runners for {', '.join(missing)}")
         self.config, self.tokenizer, self.runners = config, tokenizer, runners
-        self.device, self.backend = torch.device(device), backend
+        self.device = torch.device(device)
         self.schedulers = {"stage_c": SchedulerConfig(), "stage_b": SchedulerConfig(), **(schedulers or {})}
         self.graphs = GraphCache(self.device, enabled=cuda_graphs)
         self.denoiser = Denoiser(self.graphs)
@@ -114,31 +111,23 @@ class CascadePipeline:
     ) -> CascadePipeline:
         """Load from diffusers-format prior and decoder pipeline directories (or hub ids).
 
-        The torch backend loads the weights, each stage straight into its dtype; the onnxruntime and tensorrt
-        backends load only the tokenizer and configs and run the models in `onnx_dir` / `engine_dir`.
+        A backend that runs PyTorch modules (torch) loads the weights, each stage straight into its dtype; the
+        others (onnxruntime, tensorrt) load only the tokenizer and configs and run the models in `onnx_dir` /
+        `engine_dir`, refusing graphs exported from other weights than these checkpoints.
         """
-        backend_module(backend)  # unknown backend: fail before loading anything
+        # Unknown backend, missing directory, options another backend would use: said before anything loads.
+        options = backend_options(
+            backend, onnx_dir=onnx_dir, engine_dir=engine_dir, providers=providers, compile=compile
+        )
         device = check_device(device)
         checkpoints = CheckpointPair.resolve(
             prior, decoder, prior_subfolder=prior_subfolder, decoder_subfolder=decoder_subfolder
         )
         policy = PrecisionPolicy.resolve(checkpoints.config(), precision, device=device, target=backend)
-        if onnx_dir is not None and backend not in RUNS_MODULES:
-            check_exported_sources(onnx_dir, PIPELINE_STAGES, checkpoints)
-        stages = PIPELINE_STAGES if backend in RUNS_MODULES else ()  # the others need only the tokenizer
+        stages = PIPELINE_STAGES if get_backend(backend).runs_modules else ()  # else the tokenizer alone
         components = load_components(checkpoints, stages=stages, dtypes=policy.dtypes(), device=device)
-        schedulers = checkpoints.schedulers()
-        return cls.from_components(
-            components,
-            backend=backend,
-            device=device,
-            precision=policy.stages,
-            onnx_dir=onnx_dir,
-            engine_dir=engine_dir,
-            providers=providers,
-            compile=compile,
-            cuda_graphs=cuda_graphs,
-            schedulers=schedulers,
+        return cls._assemble(
+            components, backend, options, device, policy, cuda_graphs, checkpoints.schedulers()
         )
 
     @classmethod
@@ -161,17 +150,35 @@ class CascadePipeline:
         The torch backend casts the modules in place to the policy's dtypes (`nn.Module.to`, no copy: a 3.6B
         Stage C is never held twice); the other backends use only the tokenizer and config of `components`.
         """
-        backend_module(backend)  # unknown backend: ConfigError naming the choices
+        options = backend_options(
+            backend, onnx_dir=onnx_dir, engine_dir=engine_dir, providers=providers, compile=compile
+        )
         if components.tokenizer is None:
             raise ConfigError("components have no tokenizer: load them with the text_encoder stage")
         device = check_device(device)
-        _warn_unused_options(
-            backend, onnx_dir=onnx_dir, engine_dir=engine_dir, providers=providers, compile=compile
-        )
         policy = PrecisionPolicy.resolve(components.config, precision, device=device, target=backend)
-        dtypes = {stage: policy.dtype(stage) for stage in PIPELINE_STAGES}
-        options = {"providers": providers, "compile": compile, "onnx_dir": onnx_dir, "engine_dir": engine_dir}
-        runners = _build_runners(components, backend, device, dtypes, options)
+        return cls._assemble(components, backend, options, device, policy, cuda_graphs, schedulers)
+
+    @classmethod
+    def _assemble(
+        cls,
+        components: CascadeComponents,
+        backend: str,
+        options: Any,
+        device: torch.device,
+        policy: PrecisionPolicy,
+        cuda_graphs: bool,
+        schedulers: dict[str, SchedulerConfig] | None,
+    ) -> CascadePipeline:
+        """The backend's runners for the pipeline's stages, in the policy's dtypes, and the pipeline on them."""
+        specs = stage_specs(components.config)
+        runners = get_backend(backend).load_runners(
+            {stage: specs[stage] for stage in PIPELINE_STAGES},
+            options=options,
+            device=device,
+            dtypes={stage: policy.dtype(stage) for stage in PIPELINE_STAGES},
+            components=components,
+        )
         return cls(
             components.config,
             components.tokenizer,
@@ -179,7 +186,6 @@ class CascadePipeline:
             device=device,
             schedulers=schedulers,
             cuda_graphs=cuda_graphs,
-            backend=backend,
         )
 
     def clear_caches(self) -> None:
@@ -490,52 +496,3 @@ def _convert(images: torch.Tensor, output_type: str) -> Any:
     from diffusers.utils import numpy_to_pil
 
     return numpy_to_pil(array)
-
-
-def _build_runners(
-    components: CascadeComponents,
-    backend: str,
-    device: torch.device,
-    dtypes: dict[str, torch.dtype],
-    options: dict[str, Any],
-) -> dict[str, StageRunner]:
-    """One runner per pipeline stage: modules for torch, `onnx_dir` / `engine_dir` files for the others."""
-    from cascade_trt.modules import stage_module
-
-    specs = {stage: stage_specs(components.config)[stage] for stage in PIPELINE_STAGES}
-    artifact_dir = options["engine_dir"] if backend == "tensorrt" else options["onnx_dir"]
-    if backend not in RUNS_MODULES and artifact_dir is None:
-        flag = "engine_dir" if backend == "tensorrt" else "onnx_dir"
-        raise ConfigError(f"the {backend} backend runs files from disk: pass {flag}=<directory>")
-    module = backend_module(backend)
-    if backend == "tensorrt":
-        # One activation buffer shared by every engine's context: the backend's own loader sets that up.
-        return module.load_runners(specs, artifact_dir, device, dtypes=dtypes, onnx_dir=options["onnx_dir"])
-    runners = {}
-    for stage, spec in specs.items():
-        extra: dict[str, Any] = {"artifact_dir": artifact_dir}
-        if backend in RUNS_MODULES:
-            extra["module"] = stage_module(components, stage).to(device=device, dtype=dtypes[stage])
-        runners[stage] = create_runner(backend, spec, dtype=dtypes[stage], device=device, **options, **extra)
-    return runners
-
-
-# The backends each backend-specific option is for; given to another backend, it would be silently ignored.
-_OPTION_BACKENDS = {
-    "onnx_dir": ("onnxruntime", "tensorrt"),  # tensorrt: checks each engine was built from these graphs
-    "engine_dir": ("tensorrt",),
-    "providers": ("onnxruntime",),
-    "compile": ("torch",),
-}
-
-
-def _warn_unused_options(backend: str, **options: Any) -> None:
-    for name, value in options.items():
-        users = _OPTION_BACKENDS[name]
-        if value not in (None, False) and backend not in users:
-            warnings.warn(
-                f"{name} is used by the {' and '.join(users)} backend{'s' if len(users) > 1 else ''} only; "
-                f"backend={backend!r} ignores it",
-                UserWarning,
-                stacklevel=3,
-            )

@@ -73,13 +73,18 @@ def export_source(checkpoints: CheckpointPair, stage: str) -> dict[str, Any]:
     }
 
 
-def check_exported_sources(onnx_dir: str | Path, stages: Iterable[str], checkpoints: CheckpointPair) -> None:
+def check_exported_sources(
+    onnx_dir: str | Path, stages: Iterable[str], checkpoints: CheckpointPair | None
+) -> None:
     """Refuse ONNX models exported from other weights than `checkpoints`.
 
     Each export manifest records the fingerprint of the weight files it was traced from; a model whose
     fingerprint differs from the given checkpoint's would make images of another model under this one's name.
-    Stages without a model or without a recorded fingerprint are left to the loader.
+    Stages without a model or without a recorded fingerprint are left to the loader; without checkpoints
+    (components with random weights) there is nothing to compare.
     """
+    if checkpoints is None:
+        return
     for stage in stages:
         path = onnx_path(onnx_dir, stage)
         manifest = read_manifest(path)

@@ -148,11 +148,16 @@ def check_engines(
     """Compare every engine with ONNX Runtime at `check_points`; needs TensorRT and a CUDA GPU."""
     import torch
 
-    from cascade_trt.backends.tensorrt_backend import load_runners
+    from cascade_trt.backends.tensorrt_backend import TensorRTOptions, engine_dtype, load_runners
+    from cascade_trt.engines.availability import import_tensorrt
     from cascade_trt.engines.onnx_stage import select_exported
 
+    import_tensorrt()  # first: without TensorRT nothing below can help
     exported = select_exported(onnx_dir, stages)
-    runners = load_runners({s.name: s.spec for s in exported}, engine_dir, device, onnx_dir=onnx_dir)
+    specs = {s.name: s.spec for s in exported}
+    options = TensorRTOptions(engine_dir=engine_dir, onnx_dir=onnx_dir)
+    dtypes = {name: engine_dtype(engine_dir, name) for name in specs}  # each engine as it was built
+    runners = load_runners(specs, options=options, device=device, dtypes=dtypes)
     results: list[Comparison] = []
     for stage in exported:
         runner = runners[stage.name]

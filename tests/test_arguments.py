@@ -79,10 +79,66 @@ def test_commands_answer_bad_paths_and_devices_in_one_line(
 
 def test_an_option_the_backend_does_not_use_is_not_silently_dropped(tmp_path: Path) -> None:
     components = random_components(TINY, stages=("text_encoder", "stage_c", "stage_b", "stage_a"))
-    with pytest.warns(UserWarning, match="onnx_dir is used by the onnxruntime and tensorrt backends only"):
+    with pytest.warns(
+        UserWarning, match="onnx_dir is used by the onnxruntime and tensorrt backends only"
+    ) as seen:
         CascadePipeline.from_components(components, backend="torch", onnx_dir=tmp_path)
+    assert seen[0].filename == __file__, "the warning points at the caller's line"
     with pytest.warns(UserWarning, match="engine_dir is used by the tensorrt backend only; backend='torch'"):
         CascadePipeline.from_components(components, backend="torch", engine_dir=tmp_path)
+
+
+def test_each_backend_takes_its_own_typed_options_and_nothing_else(tmp_path: Path) -> None:
+    from cascade_trt.backends import backend_options, get_backend
+
+    compiled = backend_options("torch", compile=True)
+    assert type(compiled).__name__ == "TorchOptions" and compiled.compile is True
+    ort = backend_options("onnxruntime", onnx_dir=str(tmp_path), providers=["CPUExecutionProvider"])
+    assert ort.onnx_dir == tmp_path and ort.providers == ("CPUExecutionProvider",)
+    with pytest.raises(
+        ConfigError,
+        match="'onnx_dirs' is not an option of the onnxruntime backend, which takes onnx_dir, providers",
+    ):
+        backend_options("onnxruntime", onnx_dirs=tmp_path)  # a typo is an error, never dropped
+    with pytest.raises(ConfigError, match=r"runs exported graphs: pass onnx_dir=<directory> \(--onnx-dir\)"):
+        backend_options("onnxruntime")
+    with pytest.raises(
+        ConfigError, match=r"runs built engines: pass engine_dir=<directory> \(--engine-dir\)"
+    ):
+        backend_options("tensorrt", onnx_dir=tmp_path)
+    with pytest.raises(
+        ConfigError, match="unknown backend 'tvm': choose one of torch, onnxruntime, tensorrt"
+    ):
+        backend_options("tvm")
+    with pytest.raises(
+        ConfigError, match="the onnxruntime backend takes OnnxRuntimeOptions, got TorchOptions"
+    ):
+        get_backend("onnxruntime").load_runners({}, options=compiled, device="cpu", dtypes={})
+
+
+def test_the_cli_and_the_benchmarks_offer_the_registrys_backends(capsys) -> None:
+    from cascade_trt.backends import BACKENDS
+    from cascade_trt.benchmarks import BACKENDS as ROWS
+
+    assert list(BACKENDS) == ["torch", "onnxruntime", "tensorrt"]
+    assert ROWS == (
+        "diffusers",
+        "torch",
+        "torch-compile",
+        "onnxruntime",
+        "tensorrt",
+    )  # each variant after its backend
+    generate = ["generate", "a cat", "--prior", "P", "--decoder", "D", "--out", "x.png"]
+    with pytest.raises(SystemExit):
+        main([*generate, "--backend", "tvm"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # argparse quotes the choices on some versions
+    assert "argument --backend: invalid choice: 'tvm' (choose from" in error
+    assert all(name in error for name in BACKENDS)
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "tensorrt, TensorRT engines built by" in capsys.readouterr().out.replace("\n", " ").replace(
+        "  ", ""
+    )
 
 
 @pytest.mark.parametrize(

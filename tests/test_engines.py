@@ -383,15 +383,14 @@ def test_missing_export_says_how_to_make_it(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
 def test_backend_without_tensorrt_says_how_to_install(tmp_path: Path) -> None:
-    from cascade_trt.backends import create_runner
+    from cascade_trt.backends import backend_options, get_backend
 
     with pytest.raises(BackendUnavailableError) as info:
-        create_runner(
-            "tensorrt",
-            stage_specs(TINY)["stage_a"],
-            dtype=torch.float16,
+        get_backend("tensorrt").load_runners(
+            {"stage_a": stage_specs(TINY)["stage_a"]},
+            options=backend_options("tensorrt", engine_dir=tmp_path),
             device="cuda",
-            artifact_dir=tmp_path,
+            dtypes={"stage_a": torch.float16},
         )
     text = str(info.value)
     assert "No module named 'tensorrt'" in text  # the real import failure, passed through

@@ -195,7 +195,7 @@ def test_check_command_without_tensorrt(bf16_dir: Path, tmp_path: Path, capsys) 
 
 @pytest.mark.tensorrt
 def test_tensorrt_build_check_and_graph_capture(bf16_dir: Path, tmp_path: Path) -> None:
-    from cascade_trt.backends.tensorrt_backend import load_runners
+    from cascade_trt.backends.tensorrt_backend import TensorRTOptions, load_runners
     from cascade_trt.engines.builder import build_engines
     from cascade_trt.engines.check import check_engines
 
@@ -208,7 +208,11 @@ def test_tensorrt_build_check_and_graph_capture(bf16_dir: Path, tmp_path: Path) 
     results = check_engines(bf16_dir, tmp_path)
     assert results and all(r.ok for r in results), [r.line() for r in results if not r.ok]
 
-    runner = load_runners({"stage_a": read_onnx_stage(bf16_dir, "stage_a").spec}, tmp_path, "cuda")["stage_a"]
+    specs = {"stage_a": read_onnx_stage(bf16_dir, "stage_a").spec}
+    options = TensorRTOptions(engine_dir=tmp_path)
+    runner = load_runners(specs, options=options, device="cuda", dtypes={"stage_a": torch.bfloat16})[
+        "stage_a"
+    ]
     bindings = runner.allocate(1, 256, 256)
     bindings.inputs["latents"].normal_()
     runner.execute(bindings)  # once before capture, as TensorRT requires

@@ -8,16 +8,28 @@ capturable: on CUDA the loop runs it uncaptured.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cascade_trt.artifacts import missing_onnx_message, onnx_path, read_manifest
 from cascade_trt.backends.base import Bindings, StageRunner
-from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, PrecisionError, ShapeError
+from cascade_trt.errors import (
+    ArtifactMismatchError,
+    BackendUnavailableError,
+    ConfigError,
+    PrecisionError,
+    ShapeError,
+)
 from cascade_trt.precision import NAMES
+from cascade_trt.provenance import check_exported_sources
 from cascade_trt.stages import COMPUTE, StageSpec
+
+if TYPE_CHECKING:
+    from cascade_trt.components import CascadeComponents
 
 # ONNX TensorProto element types, and ONNX Runtime's type strings, of the dtypes a stage uses.
 ONNX_TYPES = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16, torch.int64: 7, torch.int32: 6}
@@ -29,6 +41,25 @@ ORT_TYPES = {
     "tensor(int32)": torch.int32,
 }
 CPU_ONLY = ("CPUExecutionProvider",)
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    """Where the exported graphs are (required), and ONNX Runtime's execution providers (None: CPU on a CPU
+    device, CUDA then CPU on a GPU)."""
+
+    onnx_dir: Path | None = None
+    providers: tuple[Any, ...] | None = None  # names, or (name, options) pairs, as ONNX Runtime takes them
+
+    def __post_init__(self) -> None:
+        if self.onnx_dir is None:
+            raise ConfigError(
+                "the onnxruntime backend runs exported graphs: pass onnx_dir=<directory> (--onnx-dir), "
+                "written by `cascade-trt export`"
+            )
+        object.__setattr__(self, "onnx_dir", Path(self.onnx_dir))
+        if self.providers is not None:
+            object.__setattr__(self, "providers", tuple(self.providers))
 
 
 class OnnxRuntimeRunner(StageRunner):
@@ -43,7 +74,7 @@ class OnnxRuntimeRunner(StageRunner):
         *,
         dtype: torch.dtype,
         device: torch.device | str,
-        providers: list[Any] | None = None,
+        providers: tuple[Any, ...] | list[Any] | None = None,
     ) -> None:
         super().__init__(spec, dtype, device)
         import onnxruntime as ort
@@ -126,7 +157,7 @@ class OnnxRuntimeRunner(StageRunner):
             )
 
 
-def _providers(ort: Any, device: torch.device, providers: list[Any] | None) -> list[Any]:
+def _providers(ort: Any, device: torch.device, providers: tuple[Any, ...] | list[Any] | None) -> list[Any]:
     available = ort.get_available_providers()
     if providers is not None:
         names = [p[0] if isinstance(p, tuple) else p for p in providers]
@@ -151,20 +182,25 @@ def _cpu_only(providers: list[Any]) -> bool:
     return all((p[0] if isinstance(p, tuple) else p) in CPU_ONLY for p in providers)
 
 
-def create_runner(
-    spec: StageSpec,
+def load_runners(
+    specs: Mapping[str, StageSpec],
     *,
-    dtype: torch.dtype,
+    options: OnnxRuntimeOptions,
     device: torch.device | str,
-    artifact_dir: str | Path | None = None,
-    providers: list[Any] | None = None,
-    **_: Any,
-) -> OnnxRuntimeRunner:
-    """Registry factory: runs `artifact_dir/<stage>.onnx` (the `onnx_dir` of the pipeline)."""
-    if artifact_dir is None:
-        raise ArtifactMismatchError(
-            f"the onnxruntime backend runs exported graphs: pass onnx_dir for {spec.name}"
+    dtypes: Mapping[str, torch.dtype],
+    components: CascadeComponents | None = None,
+) -> dict[str, OnnxRuntimeRunner]:
+    """A runner per stage over `onnx_dir/<stage>.onnx`. Graphs exported from other weights than the
+    checkpoints the components were loaded from are refused before any session opens."""
+    assert options.onnx_dir is not None  # the options refuse None
+    check_exported_sources(options.onnx_dir, specs, components.checkpoints if components else None)
+    return {
+        name: OnnxRuntimeRunner(
+            spec,
+            onnx_path(options.onnx_dir, name),
+            dtype=dtypes[name],
+            device=device,
+            providers=options.providers,
         )
-    return OnnxRuntimeRunner(
-        spec, onnx_path(artifact_dir, spec.name), dtype=dtype, device=device, providers=providers
-    )
+        for name, spec in specs.items()
+    }

@@ -1,11 +1,10 @@
 """The `tensorrt` backend: runs engines built by `cascade-trt build` (`cascade_trt.engines.builder`).
 
-Factories:
-
-    create_runner(spec, *, dtype, device, engine_dir=None, artifact_dir=None, onnx_dir=None, memory=None)
-        -> TensorRTRunner      the registry's entry point (`artifact_dir` is the pipeline's engine_dir)
-    load_runners(specs, engine_dir, device, *, dtypes=None, onnx_dir=None)
+    load_runners(specs, *, options=TensorRTOptions(engine_dir, onnx_dir), device, dtypes)
         -> dict[str, TensorRTRunner]   every stage at once, sharing one activation buffer
+
+`engine_dtype(engine_dir, stage)` is the precision an engine was built in, for callers that take each engine as
+it is (`cascade-trt check`).
 
 How it runs, and why:
 
@@ -33,8 +32,10 @@ with `ExecutionContextAllocationStrategy`, `IExecutionContext.set_device_memory(
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -46,7 +47,11 @@ from cascade_trt.engines.onnx_stage import read_onnx_stage
 from cascade_trt.engines.profiles import BuildShapes, check_profiles, check_request, profiles_from_json
 from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, ConfigError
 from cascade_trt.precision import DTYPES, NAMES
+from cascade_trt.provenance import check_exported_sources
 from cascade_trt.stages import StageSpec
+
+if TYPE_CHECKING:
+    from cascade_trt.components import CascadeComponents
 
 # TensorRT DataType member names -> torch dtypes.
 TORCH_DTYPES = {
@@ -59,6 +64,25 @@ TORCH_DTYPES = {
     "BOOL": torch.bool,
 }
 _LOGGER: Any = None
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """Where the engines are (required), and optionally the ONNX export they were built from: each engine is
+    then checked to be built from those very graphs, and the graphs to come from the given checkpoints."""
+
+    engine_dir: Path | None = None
+    onnx_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine_dir is None:
+            raise ConfigError(
+                "the tensorrt backend runs built engines: pass engine_dir=<directory> (--engine-dir), "
+                "written by `cascade-trt build`"
+            )
+        object.__setattr__(self, "engine_dir", Path(self.engine_dir))
+        if self.onnx_dir is not None:
+            object.__setattr__(self, "onnx_dir", Path(self.onnx_dir))
 
 
 class ActivationMemory:
@@ -235,51 +259,39 @@ def _logger(trt: Any) -> Any:
     return _LOGGER
 
 
-def create_runner(
-    spec: StageSpec,
-    *,
-    dtype: torch.dtype,
-    device: torch.device | str,
-    engine_dir: str | Path | None = None,
-    artifact_dir: str | Path | None = None,
-    onnx_dir: str | Path | None = None,
-    memory: ActivationMemory | None = None,
-    **_: Any,
-) -> TensorRTRunner:
-    """Registry factory: runs `engine_dir/<stage>.plan` (`artifact_dir` is accepted as the same thing)."""
-    import_tensorrt()  # the install hint comes first, whatever else is wrong
-    directory = engine_dir if engine_dir is not None else artifact_dir
-    if directory is None:
-        raise ArtifactMismatchError(
-            f"the tensorrt backend runs built engines: pass engine_dir for {spec.name} (`cascade-trt build`)"
-        )
-    return TensorRTRunner(
-        spec, engine_path(directory, spec.name), dtype=dtype, device=device, onnx_dir=onnx_dir, memory=memory
-    )
-
-
 def load_runners(
-    specs: dict[str, StageSpec],
-    engine_dir: str | Path,
-    device: torch.device | str,
+    specs: Mapping[str, StageSpec],
     *,
-    dtypes: dict[str, torch.dtype] | None = None,
-    onnx_dir: str | Path | None = None,
+    options: TensorRTOptions,
+    device: torch.device | str,
+    dtypes: Mapping[str, torch.dtype],
+    components: CascadeComponents | None = None,
 ) -> dict[str, TensorRTRunner]:
-    """A runner per stage, sharing one activation buffer; dtypes default to each engine's own precision."""
-    import_tensorrt()
+    """A runner per stage over `engine_dir/<stage>.plan`, all sharing one activation buffer; each engine must
+    have been built in `dtypes[stage]` (`engine_dtype` reads what it was built in)."""
+    import_tensorrt()  # the install hint comes first, whatever else is wrong
+    assert options.engine_dir is not None  # the options refuse None
+    if options.onnx_dir is not None:
+        check_exported_sources(options.onnx_dir, specs, components.checkpoints if components else None)
     memory = ActivationMemory(_cuda_device(device))
-    runners = {}
-    for name, spec in specs.items():
-        dtype = (dtypes or {}).get(name) or _manifest_dtype(engine_dir, name)
-        runners[name] = create_runner(
-            spec, dtype=dtype, device=device, engine_dir=engine_dir, onnx_dir=onnx_dir, memory=memory
+    return {
+        name: TensorRTRunner(
+            spec,
+            engine_path(options.engine_dir, name),
+            dtype=dtypes[name],
+            device=device,
+            onnx_dir=options.onnx_dir,
+            memory=memory,
         )
-    return runners
+        for name, spec in specs.items()
+    }
 
 
-def _manifest_dtype(engine_dir: str | Path, stage: str) -> torch.dtype:
+def engine_dtype(engine_dir: str | Path, stage: str) -> torch.dtype:
+    """The precision the engine of `stage` was built in; ArtifactMismatchError with the build command when it
+    is missing or incomplete."""
     path = engine_path(engine_dir, stage)
     manifest = read_manifest(path)
-    check_engine(manifest, path)  # missing or incomplete: says how to build it
+    check_engine(manifest, path)
+    assert manifest is not None  # check_engine refuses a missing one
     return DTYPES[manifest["precision"]]

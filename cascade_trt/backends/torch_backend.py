@@ -6,13 +6,24 @@ with, and the exported ONNX graphs compute the same function by construction.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from cascade_trt.backends.base import Bindings, StageRunner
+from cascade_trt.components import CascadeComponents
+from cascade_trt.errors import ConfigError
+from cascade_trt.modules import stage_module
 from cascade_trt.stages import StageSpec
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """What the torch backend takes besides the modules."""
+
+    compile: bool = False  # torch.compile every stage (Inductor), one specialised graph per shape
 
 
 class TorchRunner(StageRunner):
@@ -57,16 +68,22 @@ def allow_recompiles(limit: int) -> None:
     setattr(config, name, max(int(getattr(config, name)), limit))
 
 
-def create_runner(
-    spec: StageSpec,
+def load_runners(
+    specs: Mapping[str, StageSpec],
     *,
-    dtype: torch.dtype,
+    options: TorchOptions,
     device: torch.device | str,
-    module: nn.Module | None = None,
-    compile: bool = False,  # noqa: A002
-    **_: Any,
-) -> TorchRunner:
-    """Registry factory: needs the stage's wrapper module (`cascade_trt.modules.stage_module`)."""
-    if module is None:
-        raise ValueError(f"the torch backend runs modules: pass the {spec.name} wrapper module")
-    return TorchRunner(spec, module, dtype=dtype, device=device, compile=compile)
+    dtypes: Mapping[str, torch.dtype],
+    components: CascadeComponents | None = None,
+) -> dict[str, TorchRunner]:
+    """A runner per stage over its wrapper module, cast in place to the stage's dtype (`nn.Module.to`: a 3.6B
+    Stage C is never held twice)."""
+    if components is None:
+        raise ConfigError(
+            "the torch backend runs PyTorch modules: pass the components (load_components or random_components)"
+        )
+    runners = {}
+    for name, spec in specs.items():
+        module = stage_module(components, name).to(device=device, dtype=dtypes[name])
+        runners[name] = TorchRunner(spec, module, dtype=dtypes[name], device=device, compile=options.compile)
+    return runners

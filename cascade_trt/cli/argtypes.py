@@ -57,10 +57,16 @@ def add_checkpoint_args(p: argparse.ArgumentParser, *, required: bool = True, in
     )
 
 
-def checkpoint_pair(args: argparse.Namespace) -> CheckpointPair:
-    """The checkpoints the flags of `add_checkpoint_args` name, fetched and validated."""
+def checkpoint_pair(args: argparse.Namespace) -> CheckpointPair | None:
+    """The checkpoints the flags of `add_checkpoint_args` name, fetched and validated; None when neither
+    --prior nor --decoder is given (where they are optional)."""
     from cascade_trt.checkpoints import CheckpointPair
+    from cascade_trt.errors import ConfigError
 
+    if args.prior is None and args.decoder is None:
+        return None
+    if args.prior is None or args.decoder is None:
+        raise ConfigError("checkpoints need both --prior and --decoder (or neither, for random weights)")
     return CheckpointPair.resolve(
         args.prior,
         args.decoder,

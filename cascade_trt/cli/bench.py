@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cascade_trt.benchmarks import BACKENDS
-from cascade_trt.cli.argtypes import add_checkpoint_args, non_negative_int, positive_int
+from cascade_trt.cli.argtypes import add_checkpoint_args, checkpoint_pair, non_negative_int, positive_int
 from cascade_trt.errors import ConfigError
 
 
@@ -48,22 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch", nargs="+", type=positive_int, default=[1], metavar="N", help="images per call (default 1)"
     )
-    p.add_argument(
-        "--steps",
-        nargs=2,
-        type=positive_int,
-        default=[20, 10],
-        metavar=("STAGE_C", "STAGE_B"),
-        help="default 20 10",
-    )
-    p.add_argument(
-        "--guidance",
-        nargs=2,
-        type=float,
-        default=[4.0, 0.0],
-        metavar=("STAGE_C", "STAGE_B"),
-        help="default 4 0",
-    )
+    for flag, kind, (c, b) in (("--steps", positive_int, (20, 10)), ("--guidance", float, (4.0, 0.0))):
+        metavar = ("STAGE_C", "STAGE_B")
+        p.add_argument(flag, nargs=2, type=kind, default=[c, b], metavar=metavar, help=f"default {c:g} {b:g}")
     p.add_argument(
         "--warmup", type=non_negative_int, default=1, help="untimed calls per backend and shape (default 1)"
     )
@@ -159,10 +146,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         device=device,
         precision=parse_precision(args.precision),
-        prior=args.prior,
-        decoder=args.decoder,
-        prior_subfolder=args.prior_subfolder,
-        decoder_subfolder=args.decoder_subfolder,
+        checkpoints=checkpoint_pair(args),
         onnx_dir=args.onnx_dir,
         engine_dir=args.engine_dir,
         seed=args.seed,

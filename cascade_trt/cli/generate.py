@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cascade_trt.backends import BACKENDS
 from cascade_trt.cli.argtypes import DefaultsHelpFormatter, add_checkpoint_args, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
-        help="generate images from a prompt with CascadePipeline (torch, onnxruntime or tensorrt)",
+        help=f"generate images from a prompt with CascadePipeline ({', '.join(BACKENDS)})",
         description="Runs the text encoder, Stage C, Stage B and Stage A and writes PNGs. With several images, "
         "OUT gets a -<index> suffix per image.",
         formatter_class=DefaultsHelpFormatter,
@@ -27,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend",
         default="torch",
-        choices=["torch", "onnxruntime", "tensorrt"],
-        help="what runs the stages",
+        choices=list(BACKENDS),
+        help="what runs the stages: " + "; ".join(f"{b.name}, {b.summary}" for b in BACKENDS.values()),
     )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
     p.add_argument(
