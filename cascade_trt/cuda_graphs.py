@@ -15,7 +15,7 @@ On a CPU device nothing is captured: `GraphCache.enabled` is False and the loop 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -55,12 +55,6 @@ class GraphCache:
 
     def __len__(self) -> int:
         return len(self._graphs)
-
-    def __iter__(self) -> Iterator[GraphKey]:
-        return iter(list(self._graphs))
-
-    def get(self, key: GraphKey) -> torch.cuda.CUDAGraph | None:
-        return self._graphs.get(key)
 
     def get_or_capture(
         self, key: GraphKey, step: Callable[[], None], *, rewind: Callable[[], None] | None = None

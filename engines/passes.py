@@ -198,21 +198,11 @@ def passes_for(precision: str) -> tuple[str, ...]:
 PASSES = {"align_conv_transpose": align_conv_transpose, "cast_around_resize": cast_around_resize}
 
 
-def prepare_for_tensorrt(model: onnx.ModelProto, precision: str) -> tuple[onnx.ModelProto, tuple[str, ...]]:
-    """Apply `passes_for(precision)`; return the new model and the names of the passes applied."""
-    names = passes_for(precision)
-    return apply_passes(model, names), names
-
-
 def apply_passes(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
     """Apply the named passes (keys of `PASSES`) in order."""
     for name in names:
         model = PASSES[name](model)
     return model
-
-
-def count_ops(model: onnx.ModelProto, op_type: str) -> int:
-    return sum(node.op_type == op_type for node in model.graph.node)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------

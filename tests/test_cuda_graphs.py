@@ -31,6 +31,16 @@ def _pipe(cuda_graphs: bool, precision: str = "fp32") -> CascadePipeline:
     return pipe
 
 
+def _graph(pipe: CascadePipeline, key: tuple) -> torch.cuda.CUDAGraph:
+    """The graph already captured for `key`: `get_or_capture` with a step that fails if it is ever run."""
+
+    def recapture() -> None:
+        raise AssertionError(f"{key} was captured again")
+
+    assert key in pipe.graphs
+    return pipe.graphs.get_or_capture(key, recapture)
+
+
 def _latents(pipe: CascadePipeline, **overrides) -> torch.Tensor:
     kwargs = {**CALL, "prior_guidance_scale": 4.0, "decoder_guidance_scale": 2.0, **overrides}
     return pipe(PROMPTS, generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs).images
@@ -54,10 +64,11 @@ def test_captured_loop_equals_uncaptured(precision):
 def test_graphs_are_reused_across_calls_and_guidance_scales():
     captured, eager = _pipe(True), _pipe(False)
     _latents(captured)
-    graphs = {key: captured.graphs.get(key) for key in captured.graphs}
+    keys = list(captured.denoiser._loops)  # a loop per captured step, under the same key
+    graphs = {key: _graph(captured, key) for key in keys}
     # Another guidance scale (still guided) and fewer steps: the same graphs, replayed.
     a = _latents(captured, prior_guidance_scale=6.5, prior_num_inference_steps=3)
-    assert {key: captured.graphs.get(key) for key in graphs} == graphs
+    assert {key: _graph(captured, key) for key in keys} == graphs
     b = _latents(eager, prior_guidance_scale=6.5, prior_num_inference_steps=3)
     assert torch.allclose(a, b, rtol=0, atol=1e-6 * b.abs().max().item())
     # More steps than the tables hold: reallocated, recaptured, still equal.
@@ -73,9 +84,8 @@ def test_graphs_are_reused_across_calls_and_guidance_scales():
 def test_neither_the_step_nor_its_replay_syncs_with_the_host(stage):
     pipe = _pipe(True)
     _latents(pipe)
-    loop = next(loop for key, loop in pipe.denoiser._loops.items() if key[0] == stage)
-    key = next(key for key in pipe.graphs if key[0] == stage)
-    graph = pipe.graphs.get(key)
+    key, loop = next((key, loop) for key, loop in pipe.denoiser._loops.items() if key[0] == stage)
+    graph = _graph(pipe, key)
     loop.index.zero_()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

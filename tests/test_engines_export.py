@@ -25,7 +25,7 @@ from cascade_trt.engines.check import (
     relative_error,
 )
 from cascade_trt.engines.onnx_stage import read_onnx_stage
-from cascade_trt.engines.passes import count_ops, prepare_for_tensorrt, tensor_types, to_fp32
+from cascade_trt.engines.passes import apply_passes, passes_for, tensor_types, to_fp32
 from cascade_trt.engines.profiles import BuildShapes
 from cascade_trt.stages import BatchRange, SizeRange, stage_specs
 
@@ -55,6 +55,10 @@ def torch_modules(tiny_checkpoints) -> dict[str, torch.nn.Module]:
     return {name: stage_module(components, name) for name in STAGES}
 
 
+def _count(model: onnx.ModelProto, op_type: str) -> int:
+    return sum(node.op_type == op_type for node in model.graph.node)
+
+
 def _torch_bf16(module: torch.nn.Module, feeds: dict[str, np.ndarray]) -> np.ndarray:
     args = [
         torch.from_numpy(v).to(torch.bfloat16) if v.dtype == np.float32 else torch.from_numpy(v)
@@ -72,8 +76,9 @@ def test_bf16_export_after_passes_matches_pytorch_bf16_through_the_reference(
     """The rewritten graph, run by ONNX Runtime through `to_fp32` (fp32 math, bf16 storage), agrees with the
     PyTorch module running natively in bf16, within the bf16 tolerance of `cascade-trt check`."""
     exported = read_onnx_stage(bf16_dir, stage)
-    fixed, applied = prepare_for_tensorrt(onnx.load(str(exported.path)), "bf16")
+    applied = passes_for("bf16")  # what the builder applies to a bf16 graph
     assert applied == ("align_conv_transpose", "cast_around_resize")
+    fixed = apply_passes(onnx.load(str(exported.path)), applied)
     session = ort.InferenceSession(to_fp32(fixed).SerializeToString(), providers=["CPUExecutionProvider"])
     for point in POINTS:
         feeds = random_inputs(exported.spec, *point, seed=point[0])
@@ -100,12 +105,12 @@ def test_resize_pass_on_the_real_stage_b_graph(bf16_dir: Path) -> None:
     types = tensor_types(model)
     resizes = [n for n in model.graph.node if n.op_type == "Resize"]
     assert resizes and all(types[n.input[0]] == TensorProto.BFLOAT16 for n in resizes), "the trap is present"
-    fixed, _ = prepare_for_tensorrt(model, "bf16")
+    fixed = apply_passes(model, passes_for("bf16"))
     onnx.checker.check_model(fixed)
     fixed_types = tensor_types(fixed)
     for node in (n for n in fixed.graph.node if n.op_type == "Resize"):
         assert fixed_types[node.input[0]] == fixed_types[node.output[0]] == TensorProto.FLOAT
-    assert count_ops(fixed, "Cast") == count_ops(model, "Cast") + 2 * len(resizes)
+    assert _count(fixed, "Cast") == _count(model, "Cast") + 2 * len(resizes)
     for out in fixed.graph.output:
         assert fixed_types[out.name] == TensorProto.BFLOAT16, "outputs keep the graph's precision"
     for node in (n for n in fixed.graph.node if n.op_type == "ConvTranspose"):
