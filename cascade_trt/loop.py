@@ -112,9 +112,9 @@ class StageLoop:
         i.add_(1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StageRun:
-    """What one call of a stage loop needs, besides the runner."""
+    """What one call of a stage loop needs, besides the runner: complete when made, never changed after."""
 
     batch: int  # images (prompts x images per prompt), before guidance doubles it
     height: int
@@ -139,12 +139,12 @@ class Denoiser:
 
     def __call__(self, runner: StageRunner, run: StageRun, progress: Progress = no_progress) -> torch.Tensor:
         """The stage's final latents (a fresh tensor, copied out of the static buffers)."""
-        loop, key = self._loop(runner, run)
         expected = set(runner.spec.input_names) - set(LOOP_INPUTS)
-        if set(run.conditioning) != expected:
+        if set(run.conditioning) != expected:  # before any buffer is allocated for a run that cannot start
             raise ValueError(
                 f"{runner.spec.name} conditioning must be {sorted(expected)}, got {sorted(run.conditioning)}"
             )
+        loop, key = self._loop(runner, run)
         if loop.reserve(run.num_steps):
             self.graphs.drop(key)
         step = loop.step

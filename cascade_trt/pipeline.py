@@ -250,10 +250,9 @@ class CascadePipeline:
         # No image prompt: diffusers conditions both halves on zero image embeddings.
         clip_img = runner.spec.tensor("clip_img").shape[1:]  # (1, C): fixed sizes
         conditioning["clip_img"] = torch.zeros((2 * batch if guided else batch, *clip_img))
-        generator = _check_generator(generator, batch)
-        run = StageRun(batch, height, width, num_inference_steps, guidance_scale, conditioning, generator)
-        run.scheduler = self.schedulers["stage_c"]
-        return self._checked("stage_c", self.denoiser(runner, run, self._progress_bar))
+        return self._denoise(
+            "stage_c", batch, (height, width), num_inference_steps, guidance_scale, conditioning, generator
+        )
 
     @torch.no_grad()
     def run_stage_b(
@@ -277,10 +276,9 @@ class CascadePipeline:
         conditioning = embeddings.conditioning(("clip_text_pooled",), guided, "stage_b")
         # The unconditional half of effnet is zeros, as in diffusers' decoder.
         conditioning["effnet"] = torch.cat([effnet, torch.zeros_like(effnet)]) if guided else effnet
-        generator = _check_generator(generator, batch)
-        run = StageRun(batch, height, width, num_inference_steps, guidance_scale, conditioning, generator)
-        run.scheduler = self.schedulers["stage_b"]
-        return self._checked("stage_b", self.denoiser(self.runners["stage_b"], run, self._progress_bar))
+        return self._denoise(
+            "stage_b", batch, (height, width), num_inference_steps, guidance_scale, conditioning, generator
+        )
 
     @torch.no_grad()
     def run_stage_a(self, latents: torch.Tensor) -> torch.Tensor:
@@ -430,6 +428,21 @@ class CascadePipeline:
         }
         for stage, (batch, h, w) in batches.items():
             self.runners[stage].check_shape(batch, h, w)
+
+    def _denoise(
+        self,
+        stage: str,
+        batch: int,
+        size: tuple[int, int],
+        steps: int,
+        guidance_scale: float,
+        conditioning: dict[str, torch.Tensor],
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """One denoising stage's loop with the checkpoint's scheduler settings; its latents, checked."""
+        generator = _check_generator(generator, batch)
+        run = StageRun(batch, *size, steps, guidance_scale, conditioning, generator, self.schedulers[stage])
+        return self._checked(stage, self.denoiser(self.runners[stage], run, self._progress_bar))
 
     def _checked(self, stage: str, output: torch.Tensor) -> torch.Tensor:
         """One host sync per stage (never per step): refuse NaN/inf with the usual cause and fix."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import DDPMWuerstchenScheduler
@@ -13,6 +15,7 @@ from cascade_trt.cuda_graphs import GraphCache
 from cascade_trt.loop import Denoiser, StageRun
 from cascade_trt.modules import stage_module
 from cascade_trt.random_weights import random_components
+from cascade_trt.scheduler import SchedulerConfig
 from cascade_trt.stages import stage_specs
 
 HEIGHT, WIDTH = 128, 256
@@ -144,15 +147,22 @@ def test_loops_are_kept_per_shape_and_reused(runners):
     assert not denoiser._loops and torch.equal(run(4, 0), first)
 
 
-def test_cpu_runs_uncaptured_and_conditioning_names_are_checked(runners):
+def test_cpu_runs_uncaptured_and_conditioning_names_are_checked_before_allocating(runners):
     graphs = GraphCache("cpu", enabled=True)
     assert not graphs.enabled
     denoiser = Denoiser(graphs)
     denoiser(runners["stage_b"], StageRun(1, HEIGHT, WIDTH, 2, 0.0, _conditioning("stage_b", 1)))
     assert len(graphs) == 0
+    fresh = Denoiser(GraphCache("cpu"))
     bad = StageRun(1, HEIGHT, WIDTH, 2, 0.0, {"clip_text_pooled": torch.zeros(1, 1, 32)})
-    with pytest.raises(ValueError, match="effnet"):
-        denoiser(runners["stage_b"], bad)
+    with pytest.raises(
+        ValueError,
+        match=r"stage_b conditioning must be \['clip_text_pooled', 'effnet'\], got \['clip_text_pooled'\]",
+    ):
+        fresh(runners["stage_b"], bad)
+    assert not fresh._loops, "a run that cannot start allocated its buffers"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bad.scheduler = SchedulerConfig(scaler=2.0)  # a run is complete when made
 
 
 def test_graph_cache_refuses_to_capture_without_a_warm_up_run():
