@@ -2,7 +2,8 @@
 
 What tests, benchmarks and `cascade-trt make-tiny` run when there is no checkpoint: the same classes as a loaded
 checkpoint (so the same parameter counts and cost), built directly in each stage's dtype on its device, with an
-offline tokenizer (`cascade_trt.tokenizer`).
+offline tokenizer (`cascade_trt.tokenizer`). On the meta device they hold no values at all: the architecture
+alone, whose cost torch's FLOP counter can count without memory or arithmetic.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     for name, p in module.named_parameters():
+        if p.is_meta:
+            continue  # no storage: an architecture built on the meta device, for its shapes and cost only
         if p.ndim >= 2:
             mean, std = 0.0, 1.0 / math.sqrt(math.prod(p.shape[1:]))
         elif name.endswith("weight") and "norm" in name:

@@ -29,7 +29,7 @@ def test_devices_are_checked_in_the_users_terms() -> None:
         check_device("meta")
     if torch.cuda.is_available():
         assert check_device("cuda").type == "cuda"
-        with pytest.raises(ConfigError, match="CUDA device"):
+        with pytest.raises(ConfigError, match=r"but this machine has \d+ CUDA device\(s\): cuda:0 to cuda:"):
             check_device(f"cuda:{torch.cuda.device_count()}")
     else:
         with pytest.raises(BackendUnavailableError, match="sees no CUDA GPU: pass device='cpu'"):
@@ -48,7 +48,7 @@ def test_output_directories_are_checked_before_anything_is_written(tmp_path: Pat
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        with pytest.raises(ConfigError, match="permission denied"):
+        with pytest.raises(ConfigError, match=r"--out: cannot write into .*locked \(permission denied\)"):
             check_output_dir(locked / "out", "--out")
 
 
@@ -120,7 +120,6 @@ def test_the_cli_and_the_benchmarks_offer_the_registrys_backends(capsys) -> None
     from cascade_trt.backends import BACKENDS
     from cascade_trt.benchmarks import BACKENDS as ROWS
 
-    assert list(BACKENDS) == ["torch", "onnxruntime", "tensorrt"]
     assert ROWS == (
         "diffusers",
         "torch",

@@ -273,7 +273,7 @@ def test_failed_write_leaves_no_engine_and_no_manifest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = engine_path(tmp_path, "stage_a")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
         write_engine(path, b"PLAN", {"not json": object()})
     assert list(tmp_path.iterdir()) == []
 
@@ -367,7 +367,9 @@ def test_spec_read_back_from_manifest_matches_the_stage_description(tmp_path: Pa
 
 
 def test_missing_export_says_how_to_make_it(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactMismatchError, match="no exported stages"):
+    with pytest.raises(
+        ArtifactMismatchError, match=rf"no exported stages in {tmp_path}: run `cascade-trt export"
+    ):
         plan_builds(tmp_path, options=BuildOptions(SHAPES))
     with pytest.raises(
         ArtifactMismatchError,
@@ -409,14 +411,24 @@ def test_build_without_tensorrt_fails_cleanly_and_writes_nothing(tmp_path: Path)
     assert not (tmp_path / "engines").exists()
     # Missing TensorRT is said first: no one should re-export a graph for a build that cannot run.
     _fake_export(tmp_path / "onnx32", FULL, "stage_c", "fp32")
-    with pytest.raises(BackendUnavailableError):
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not available"):
         build_engines(tmp_path / "onnx32", tmp_path / "engines", options=BuildOptions(SHAPES))
 
 
-def test_engine_with_matching_content_key_is_kept_without_building(tmp_path: Path) -> None:
+def test_engine_with_matching_content_key_is_kept_without_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cascade_trt.engines import builder
     from cascade_trt.engines.builder import build_engine
     from cascade_trt.engines.manifest import onnx_identity
 
+    builds: list[str] = []
+
+    def build_plan(trt, plan, options, *, log_step):  # TensorRT's part: what this test is not about
+        builds.append(plan.stage.name)
+        return b"BUILT FOR B200"
+
+    monkeypatch.setattr(builder, "_build_plan", build_plan)
     _fake_export(tmp_path / "onnx", FULL, "stage_c", "bf16")
     options = BuildOptions(SHAPES)
     (plan,) = plan_builds(tmp_path / "onnx", options=options)
@@ -433,19 +445,17 @@ def test_engine_with_matching_content_key_is_kept_without_building(tmp_path: Pat
     )
     out = engine_path(tmp_path / "engines", "stage_c")
     write_engine(out, b"BUILT BEFORE", manifest)
-    # trt=None: reaching TensorRT at all would raise, so returning proves the cache decided.
     kept = build_engine(plan, tmp_path / "engines", trt=None, target=H100, options=options, onnx_dir="onnx")
-    assert kept == out and out.read_bytes() == b"BUILT BEFORE"
-    with pytest.raises(AttributeError):  # another GPU: the key differs, so a build is attempted
-        build_engine(
-            plan,
-            tmp_path / "engines",
-            trt=None,
-            target=Target("10.8.0.43", "B200", "10.0"),
-            options=options,
-            onnx_dir="onnx",
-        )
-    assert out.read_bytes() == b"BUILT BEFORE" and read_manifest(out) == manifest
+    assert kept == out and out.read_bytes() == b"BUILT BEFORE" and builds == []
+    assert read_manifest(out) == manifest
+    # Another GPU: the content key differs, so the engine is built again and replaces the old one.
+    b200 = Target("10.8.0.43", "B200", "10.0")
+    rebuilt = build_engine(
+        plan, tmp_path / "engines", trt=None, target=b200, options=options, onnx_dir="onnx"
+    )
+    assert rebuilt == out and builds == ["stage_c"] and out.read_bytes() == b"BUILT FOR B200"
+    assert read_manifest(out)["target"]["gpu"] == "B200"
+    assert read_manifest(out)["cache_key"] != manifest["cache_key"]
 
 
 def test_build_flags_give_the_build_shapes() -> None:
@@ -463,5 +473,5 @@ def test_build_flags_give_the_build_shapes() -> None:
     )
     with pytest.raises(ConfigError, match="--static gives one fixed size"):
         shapes("--static", "1024x1024", "--max-size", "1536")
-    with pytest.raises(ShapeError, match="multiple of 128"):
+    with pytest.raises(ShapeError, match="height=1500 is not a positive multiple of 128 px"):
         shapes("--max-size", "1500")

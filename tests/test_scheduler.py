@@ -95,5 +95,5 @@ def test_config_is_read_from_the_checkpoint(tiny_prior, tmp_path):
 
 @pytest.mark.parametrize("steps", [0, -1, 2.5])
 def test_bad_step_counts_are_refused(steps):
-    with pytest.raises(ValueError, match="num_steps"):
+    with pytest.raises(ValueError, match=f"num_steps must be a positive int, got {steps}"):
         WuerstchenSchedule.build(steps)
