@@ -1,8 +1,10 @@
 """Compute cost of each stage, as data, and the compute floor of a benchmark run.
 
-The per-forward costs are the FACTS.md table (torch's FLOP counter on the random-weight architectures at
-1024x1024, one image), restated per *model sample*: Stage C's 8.16 TFLOP for the guided batch of 2 is 4.08 per
-sample, the text encoder's 0.20 for prompt + negative is 0.10 per sequence. A run's cost scales them by:
+`FORWARD_TFLOP` is what torch's FLOP counter (`torch.utils.flop_counter.FlopCounterMode`) counts for one forward
+of each released architecture at 1024x1024, per *model sample*: one image's latent (Stage C's guided batch of 2
+is twice the table's 4.08), one 77-token sequence for the text encoder. The architectures hold random weights,
+or none (the meta device): FLOPs depend on shapes only. benchmarks/README.md ("The cost table") derives the
+per-image totals and the floor; tests/test_bench.py counts the table again. A run's cost scales it by:
 
 * steps (one forward per scheduler step),
 * the batch the model sees (images x 2 where that stage runs classifier-free guidance),
