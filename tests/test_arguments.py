@@ -100,10 +100,14 @@ def test_each_backend_takes_its_own_typed_options_and_nothing_else(tmp_path: Pat
         match="'onnx_dirs' is not an option of the onnxruntime backend, which takes onnx_dir, providers",
     ):
         backend_options("onnxruntime", onnx_dirs=tmp_path)  # a typo is an error, never dropped
-    with pytest.raises(ConfigError, match=r"runs exported graphs: pass onnx_dir=<directory> \(--onnx-dir\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"runs the graphs `cascade-trt export` writes: pass onnx_dir=<directory> \(--onnx-dir\)",
+    ):
         backend_options("onnxruntime")
     with pytest.raises(
-        ConfigError, match=r"runs built engines: pass engine_dir=<directory> \(--engine-dir\)"
+        ConfigError,
+        match=r"runs the engines `cascade-trt build` writes: pass engine_dir=<directory> \(--engine-dir\)",
     ):
         backend_options("tensorrt", onnx_dir=tmp_path)
     with pytest.raises(

@@ -371,7 +371,10 @@ def test_paths_that_are_not_a_prior_or_decoder(dirs, tmp_path):
 
 
 def test_onnxruntime_needs_its_directory(dirs):
-    with pytest.raises(ConfigError, match=r"runs exported graphs: pass onnx_dir=<directory> \(--onnx-dir\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"runs the graphs `cascade-trt export` writes: pass onnx_dir=<directory> \(--onnx-dir\)",
+    ):
         CascadePipeline.from_pretrained(*dirs, backend="onnxruntime")
 
 

@@ -11,17 +11,20 @@ tensors never move, a step can be captured in a CUDA graph and replayed, whateve
     bindings.outputs["prediction"]                     # ...and reads the output in place
 
 `execute` must be asynchronous with respect to the host (no sync, no allocation visible to the caller's
-stream ordering) when `capturable` is True.
+stream ordering) when `capturable` is True. `artifact_dir` is how a backend that runs files from disk takes the
+directory its options require.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from cascade_trt.errors import ConfigError
 from cascade_trt.stages import COMPUTE, StageSpec
 
 _FIXED_DTYPES = {"int64": torch.int64, "int32": torch.int32, "float32": torch.float32}
@@ -88,3 +91,11 @@ class StageRunner(ABC):
     @abstractmethod
     def execute(self, bindings: Bindings) -> None:
         """Read `bindings.inputs`, write `bindings.outputs`, on the current CUDA stream (or synchronously on CPU)."""
+
+
+def artifact_dir(value: str | Path | None, option: str, needed: str) -> Path:
+    """The directory of files a backend runs, as a Path; when it is missing, a ConfigError that says why it is
+    `needed` and names the option and its flag."""
+    if value is None:
+        raise ConfigError(f"{needed}: pass {option}=<directory> (--{option.replace('_', '-')})")
+    return Path(value)

@@ -16,14 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cascade_trt.artifacts import missing_onnx_message, onnx_path, read_manifest
-from cascade_trt.backends.base import Bindings, StageRunner
-from cascade_trt.errors import (
-    ArtifactMismatchError,
-    BackendUnavailableError,
-    ConfigError,
-    PrecisionError,
-    ShapeError,
-)
+from cascade_trt.backends.base import Bindings, StageRunner, artifact_dir
+from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, PrecisionError, ShapeError
 from cascade_trt.precision import NAMES
 from cascade_trt.provenance import check_exported_sources
 from cascade_trt.stages import COMPUTE, StageSpec
@@ -52,12 +46,8 @@ class OnnxRuntimeOptions:
     providers: tuple[Any, ...] | None = None  # names, or (name, options) pairs, as ONNX Runtime takes them
 
     def __post_init__(self) -> None:
-        if self.onnx_dir is None:
-            raise ConfigError(
-                "the onnxruntime backend runs exported graphs: pass onnx_dir=<directory> (--onnx-dir), "
-                "written by `cascade-trt export`"
-            )
-        object.__setattr__(self, "onnx_dir", Path(self.onnx_dir))
+        needed = "the onnxruntime backend runs the graphs `cascade-trt export` writes"
+        object.__setattr__(self, "onnx_dir", artifact_dir(self.onnx_dir, "onnx_dir", needed))
         if self.providers is not None:
             object.__setattr__(self, "providers", tuple(self.providers))
 
@@ -192,15 +182,11 @@ def load_runners(
 ) -> dict[str, OnnxRuntimeRunner]:
     """A runner per stage over `onnx_dir/<stage>.onnx`. Graphs exported from other weights than the
     checkpoints the components were loaded from are refused before any session opens."""
-    assert options.onnx_dir is not None  # the options refuse None
-    check_exported_sources(options.onnx_dir, specs, components.checkpoints if components else None)
-    return {
-        name: OnnxRuntimeRunner(
-            spec,
-            onnx_path(options.onnx_dir, name),
-            dtype=dtypes[name],
-            device=device,
-            providers=options.providers,
-        )
-        for name, spec in specs.items()
-    }
+    directory, providers = options.onnx_dir, options.providers
+    assert directory is not None  # the options refuse None
+    check_exported_sources(directory, specs, components.checkpoints if components else None)
+    runners = {}
+    for name, spec in specs.items():
+        path = onnx_path(directory, name)
+        runners[name] = OnnxRuntimeRunner(spec, path, dtype=dtypes[name], device=device, providers=providers)
+    return runners

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cascade_trt.artifacts import engine_path, read_manifest
-from cascade_trt.backends.base import Bindings, StageRunner
+from cascade_trt.backends.base import Bindings, StageRunner, artifact_dir
 from cascade_trt.engines.availability import import_tensorrt
 from cascade_trt.engines.manifest import Target, check_engine, io_precision, onnx_identity
 from cascade_trt.engines.onnx_stage import read_onnx_stage
@@ -75,14 +75,9 @@ class TensorRTOptions:
     onnx_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.engine_dir is None:
-            raise ConfigError(
-                "the tensorrt backend runs built engines: pass engine_dir=<directory> (--engine-dir), "
-                "written by `cascade-trt build`"
-            )
-        object.__setattr__(self, "engine_dir", Path(self.engine_dir))
-        if self.onnx_dir is not None:
-            object.__setattr__(self, "onnx_dir", Path(self.onnx_dir))
+        needed = "the tensorrt backend runs the engines `cascade-trt build` writes"
+        object.__setattr__(self, "engine_dir", artifact_dir(self.engine_dir, "engine_dir", needed))
+        object.__setattr__(self, "onnx_dir", Path(self.onnx_dir) if self.onnx_dir is not None else None)
 
 
 class ActivationMemory:
