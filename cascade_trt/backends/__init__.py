@@ -6,8 +6,9 @@ Each backend is a module that owns a frozen options dataclass and one entry poin
 
 a runner per stage (`cascade_trt.backends.base` is the runner contract). `backend_options` turns keyword values
 (the pipeline's `onnx_dir=`, `compile=`...) into a backend's options, and `get_backend(name).load_runners(...)`
-calls the backend's own with them. Backend modules load on first use, so naming a backend never imports another's library
-(onnxruntime, tensorrt); this module imports no torch either, so the CLI can list the names cheaply.
+calls the backend's own with them. Backend modules load on first use, so naming a backend never imports
+another's library (onnxruntime, tensorrt); this module imports no torch either, so the CLI lists the names
+cheaply.
 """
 
 from __future__ import annotations
