@@ -1,4 +1,5 @@
-"""argparse `type=` callbacks: a bad number is refused while parsing, naming its flag, before any loading."""
+"""What the subcommands share in argparse: `type=` callbacks (a bad number is refused while parsing, naming its
+flag, before any loading), the help formatter, and help texts that several commands print."""
 
 from __future__ import annotations
 
@@ -38,3 +39,10 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         ):
             return action.help
         return super()._get_help_string(action)
+
+
+# What `--precision auto` resolves to (`PrecisionPolicy.resolve`), for every command that takes it.
+AUTO_PRECISION_HELP = (
+    "auto: on a GPU bf16 for the full Stage C and fp16 elsewhere; on a CPU bf16 for the torch backend where "
+    "the CPU has native bf16 (AVX512-BF16 or AMX), fp32 otherwise and for onnxruntime"
+)
