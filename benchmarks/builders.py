@@ -2,10 +2,12 @@
 
 The models are built once, in the precision policy's dtypes, on the device: the real architectures with
 random weights (`random_components`) or real checkpoints (`load_components`). The diffusers baseline and the
-runtime's `torch` backends share those modules, so they time the very same weights. One exception: diffusers'
-prior pipeline casts the text embeddings to the text encoder's dtype before the prior, so its text encoder must
-share the prior's dtype (the whole prior pipeline in one dtype, as diffusers' documentation loads it); where the
-policy differs there (bf16 Stage C, fp16 text encoder on GPU) the baseline gets its own copy.
+runtime's `torch` rows share those modules, so they time the very same weights. Two exceptions give the baseline
+its own copy of a stage: diffusers' prior pipeline casts the text embeddings to the text encoder's dtype before
+the prior, so its text encoder must share the prior's dtype (the whole prior pipeline in one dtype, as
+diffusers' documentation loads it; the policy differs there on a GPU: bf16 Stage C, fp16 text encoder), and
+`--baseline-precision` can ask for diffusers in another precision than the runtime (fp32, its default dtype,
+against the runtime's bf16 on a CPU with native bf16).
 
 `onnxruntime` runs graphs exported from diffusers-format checkpoints: the given ones, or a random-weight copy of
 the preset written by `cascade_trt.tiny.make_pipelines` into the work directory.
@@ -22,7 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from cascade_trt.benchmarks.drivers import BASELINE, CascadeDriver, DiffusersDriver, Driver
+from cascade_trt.benchmarks.drivers import (
+    BASELINE,
+    RUNTIME_VARIANTS,
+    CascadeDriver,
+    DiffusersDriver,
+    Driver,
+)
 
 from cascade_trt.checkpoints import CascadeComponents
 from cascade_trt.configs import CascadeConfig
@@ -112,27 +120,25 @@ def _build_one(
         return _diffusers(cfg, config, parts, policy, device)
     from cascade_trt.pipeline import CascadePipeline
 
-    kwargs: dict[str, Any] = {"device": device, "precision": dict(policy.stages)}
-    if name in ("torch", "torch-compile"):
+    backend, options = RUNTIME_VARIANTS[name]
+    kwargs: dict[str, Any] = {"device": device, "precision": dict(policy.stages), **options}
+    if backend == "torch":
         # A row labelled torch-compile must be compiled: past the recompile limit, fail rather than run
         # eagerly (the failure is recorded for that shape and the other backends go on). torch >= 2.6.
-        if name == "torch-compile" and hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+        if options.get("compile") and hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
             torch._dynamo.config.fail_on_recompile_limit_hit = True
-        pipe = CascadePipeline.from_components(
-            parts, backend="torch", compile=name == "torch-compile", **kwargs
-        )
-        return CascadeDriver(name, pipe), policy
-    if name == "tensorrt":
+        return CascadeDriver(name, CascadePipeline.from_components(parts, backend=backend, **kwargs)), policy
+    if backend == "tensorrt":
         if cfg.engine_dir is None:
             raise ConfigError(
                 "tensorrt runs prebuilt engines: build them with `cascade-trt build`, pass --engine-dir"
             )
-        pipe = CascadePipeline.from_components(parts, backend=name, engine_dir=cfg.engine_dir, **kwargs)
+        pipe = CascadePipeline.from_components(parts, backend=backend, engine_dir=cfg.engine_dir, **kwargs)
         return CascadeDriver(name, pipe), policy
-    ort_policy = PrecisionPolicy.resolve(config, cfg.precision, device=device, target="onnxruntime")
+    ort_policy = PrecisionPolicy.resolve(config, cfg.precision, device=device, target=backend)
     onnx_dir = cfg.onnx_dir or export_onnx(cfg, config, ort_policy, workdir, progress)
     kwargs["precision"] = dict(ort_policy.stages)
-    pipe = CascadePipeline.from_components(parts, backend=name, onnx_dir=onnx_dir, **kwargs)
+    pipe = CascadePipeline.from_components(parts, backend=backend, onnx_dir=onnx_dir, **kwargs)
     return CascadeDriver(name, pipe), ort_policy
 
 
@@ -143,13 +149,20 @@ def _diffusers(
     policy: PrecisionPolicy,
     device: torch.device,
 ) -> tuple[Driver, PrecisionPolicy]:
-    stages = dict(policy.stages)
-    if policy["text_encoder"] != policy["stage_c"]:
-        stages["text_encoder"] = policy["stage_c"]
-        dtype = PrecisionPolicy(stages).dtype("text_encoder")
-        own = build_models(cfg, config, {"text_encoder": dtype}, device, stages=("text_encoder",))
-        parts = dataclasses.replace(parts, text_encoder=own.text_encoder)
-    return DiffusersDriver(parts), PrecisionPolicy(stages)
+    """diffusers over the shared modules, with its own copy of each stage it runs in another dtype: those
+    `--baseline-precision` sets apart, and the text encoder, which runs in the prior's dtype (module
+    docstring)."""
+    base = policy
+    if cfg.baseline_precision is not None:
+        base = PrecisionPolicy.resolve(config, cfg.baseline_precision, device=device, target="torch")
+    stages = {**base.stages, "text_encoder": base["stage_c"]}
+    baseline = PrecisionPolicy(stages)
+    own = tuple(s for s in STAGES if baseline[s] != policy[s])
+    if own:
+        dtypes = {s: baseline.dtype(s) for s in own}
+        copies = build_models(cfg, config, dtypes, device, stages=own)
+        parts = dataclasses.replace(parts, **{s: getattr(copies, s) for s in own})
+    return DiffusersDriver(parts), baseline
 
 
 def export_onnx(

@@ -10,8 +10,8 @@ those embeddings (the Stage C loop), the decoder pipeline with the prior's outpu
 then clamp: Stage A). Between the two pipelines the embeddings are cast to the decoder's dtype, as diffusers'
 documentation does when the prior runs in bf16 and the decoder in fp16.
 
-The runtime backends (`torch`, `torch-compile`, `onnxruntime`, `tensorrt`) are `CascadePipeline`'s public
-stage methods, which its `__call__` composes the same way.
+The runtime rows (`RUNTIME_VARIANTS`: `torch`, `torch-no-graphs`, `torch-compile`, `onnxruntime`,
+`tensorrt`) are `CascadePipeline`'s public stage methods, which its `__call__` composes the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from cascade_trt.benchmarks import BACKENDS, BASELINE  # noqa: F401 (re-exported: the suite imports them here)
+from cascade_trt.benchmarks import (  # noqa: F401 (BACKENDS re-exported: the suite imports it here)
+    BACKENDS,
+    BASELINE,
+    RUNTIME_VARIANTS,
+)
 
 from cascade_trt.checkpoints import CascadeComponents
 
@@ -180,16 +184,20 @@ class CascadeDriver:
         return self.pipe.run_stage_a(latents)
 
 
-def unavailable_reason(backend: str, device: torch.device, *, explicit: bool = True) -> str | None:
-    """Why `backend` cannot run on `device` here, or None when it can (as far as can be told up front).
+def unavailable_reason(name: str, device: torch.device, *, explicit: bool = True) -> str | None:
+    """Why the benchmark row `name` cannot run on `device` here, or None when it can (as far as can be told
+    up front).
 
-    `explicit` is whether the user named the backend; some run only when asked for.
+    `explicit` is whether the user named it; some rows run only when asked for.
     """
     import importlib.util
 
-    if backend not in BACKENDS:
+    if name not in BACKENDS:
         return f"unknown backend (choose from {', '.join(BACKENDS)})"
-    if backend != BASELINE and importlib.util.find_spec("cascade_trt.pipeline") is None:
+    if name == BASELINE:
+        return None
+    backend, options = RUNTIME_VARIANTS[name]
+    if importlib.util.find_spec("cascade_trt.pipeline") is None:
         return "cascade_trt.pipeline (the runtime) is not in this build"
     if backend == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed (pip install 'cascade-trt[onnxruntime]')"
@@ -205,9 +213,15 @@ def unavailable_reason(backend: str, device: torch.device, *, explicit: bool = T
             return "TensorRT needs a CUDA GPU; this run is on the CPU"
         if importlib.util.find_spec("tensorrt") is None:
             return "the tensorrt Python package is not installed (see the README's TensorRT section)"
-    if backend == "torch-compile" and device.type == "cpu" and not explicit:
-        return (
-            "not run by default on the CPU: inductor compiles the UNets for minutes on a small CPU; "
-            "name it in --backends to run it anyway"
-        )
+    if device.type == "cpu" and not explicit:
+        if options.get("compile"):
+            return (
+                "not run by default on the CPU: inductor compiles the UNets for minutes on a small CPU; "
+                "name it in --backends to run it anyway"
+            )
+        if options.get("cuda_graphs") is False:
+            return (
+                "not run by default on the CPU: a CPU has no CUDA graphs to leave out, so it would repeat the "
+                "torch row; name it in --backends to run it anyway"
+            )
     return None
