@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,25 @@ def tiny_prior(tiny_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_decoder(tiny_dir: Path) -> Path:
     return tiny_dir / "decoder"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(
+    tiny_prior: Path, tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], dict[str, Path]]:
+    """Every stage of the tiny checkpoints exported in one precision ("fp32", "fp16" or "bf16"), once per session
+    and precision: `tiny_onnx("bf16")` is what `export_pipeline` returned ({stage: ONNX path}, one directory).
+    Tests share these files: copy them before changing anything."""
+    from cascade_trt.export import export_pipeline
+
+    made: dict[str, dict[str, Path]] = {}
+
+    def exported(precision: str) -> dict[str, Path]:
+        if precision not in made:
+            out = tmp_path_factory.mktemp(f"onnx_{precision}")
+            made[precision] = export_pipeline(
+                tiny_prior, tiny_decoder, out, precision=precision, progress=False
+            )
+        return made[precision]
+
+    return exported

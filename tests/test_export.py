@@ -45,11 +45,8 @@ COMPONENT_DIRS = {
 
 
 @pytest.fixture(scope="module")
-def exported(
-    tiny_prior: Path, tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("onnx")
-    return export_pipeline(tiny_prior, tiny_decoder, out, precision="fp32", progress=False)
+def exported(tiny_onnx) -> dict[str, Path]:
+    return tiny_onnx("fp32")
 
 
 @pytest.fixture(scope="module")
