@@ -1,13 +1,13 @@
 """Build every backend's driver over one set of models.
 
 The models are built once, in the precision policy's dtypes, on the device: the real architectures with
-random weights (`random_components`) or real checkpoints (`load_components`). The diffusers baseline and the
-runtime's `torch` rows share those modules, so they time the very same weights. Two exceptions give the baseline
-its own copy of a stage: diffusers' prior pipeline casts the text embeddings to the text encoder's dtype before
-the prior, so its text encoder must share the prior's dtype (the whole prior pipeline in one dtype, as
-diffusers' documentation loads it; the policy differs there on a GPU: bf16 Stage C, fp16 text encoder), and
-`--baseline-precision` can ask for diffusers in another precision than the runtime (fp32, its default dtype,
-against the runtime's bf16 on a CPU with native bf16).
+random weights (`random_components`) or real checkpoints (`load_components`). The diffusers baseline and
+the runtime's `torch` rows share those modules, so they time the very same weights. Two exceptions give the
+baseline its own copy of a stage: diffusers' prior pipeline casts the text embeddings to the text encoder's
+dtype before the prior, so its text encoder must share the prior's dtype (the whole prior pipeline in one
+dtype, as diffusers' documentation loads it; the policy differs there on a GPU: bf16 Stage C, fp16 text
+encoder), and `--baseline-precision` can ask for diffusers in another precision than the runtime (fp32, its
+default dtype, against the runtime's bf16 on a CPU with native bf16).
 
 `onnxruntime` runs graphs exported from diffusers-format checkpoints: the given ones, or a random-weight copy of
 the preset written by `cascade_trt.tiny.make_pipelines` into the work directory.

@@ -1,8 +1,9 @@
 """Compute cost of each stage, as data, and the compute floor of a benchmark run.
 
-The per-forward costs are the FACTS.md table (torch's FLOP counter on the random-weight architectures at
-1024x1024, one image), restated per *model sample*: Stage C's 8.16 TFLOP for the guided batch of 2 is 4.08 per
-sample, the text encoder's 0.20 for prompt + negative is 0.10 per sequence. A run's cost scales them by:
+The per-forward costs were counted with torch's FLOP counter on the random-weight architectures (at
+1024x1024, one image) and are restated here per *model sample*: Stage C's 8.16 TFLOP for the guided batch of
+2 is 4.08 per sample, the text encoder's 0.20 for prompt + negative is 0.10 per sequence. A run's cost scales
+them by:
 
 * steps (one forward per scheduler step),
 * the batch the model sees (images x 2 where that stage runs classifier-free guidance),

@@ -221,7 +221,7 @@ def unavailable_reason(name: str, device: torch.device, *, explicit: bool = True
             )
         if options.get("cuda_graphs") is False:
             return (
-                "not run by default on the CPU: a CPU has no CUDA graphs to leave out, so it would repeat the "
-                "torch row; name it in --backends to run it anyway"
+                "not run by default on the CPU: a CPU has no CUDA graphs to leave out, so it would repeat "
+                "the torch row; name it in --backends to run it anyway"
             )
     return None

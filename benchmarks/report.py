@@ -237,8 +237,9 @@ def _targets(doc: dict[str, Any]) -> list[str]:
 
 # Shown under a CPU run's overhead table when a step measured faster than its own bare forward.
 CPU_NEGATIVE_OVERHEAD = (
-    "n/r: not resolved. On a CPU the loop step runs the same eager kernels as the bare forward, so a step "
-    "measured faster than its own forward is noise: the overhead is below what these medians resolve."
+    "n/r: not resolved. On a CPU the loop step runs the same kernels as the bare forward, with no graph "
+    "to replay, so a step measured faster than its own forward is noise: the overhead is below what these "
+    "medians resolve."
 )
 
 

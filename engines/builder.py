@@ -12,9 +12,9 @@ is TensorRT 10's other way: an fp32 graph, with the FP16 or BF16 builder flag le
 Everything before `import tensorrt` (stage selection, precision policy, graph checks, profiles) is plain code;
 `_build_plan` is the only function that talks to TensorRT. Before it runs, `check_plans` holds every graph, as
 the passes leave it, against TensorRT's published ONNX operator support (`op_support`), so a graph the parser
-would refuse fails in seconds with the nodes named, not minutes into a build. A build writes the engine to a temporary file, renames
-it into place, and writes its manifest last, so a failed or killed build never leaves an engine that looks
-valid. A rebuild whose content key matches the manifest on disk is skipped.
+would refuse fails in seconds with the nodes named, not minutes into a build. A build writes the engine to a
+temporary file, renames it into place, and writes its manifest last, so a failed or killed build never leaves
+an engine that looks valid. A rebuild whose content key matches the manifest on disk is skipped.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 `tensorrt_onnx_ops.json` beside this module restates the onnx-tensorrt operator matrix (which operators the
 parser takes, and the element types of each), the opset range of each published matrix, the TensorRT release
 that added each operator newer than 10.0, and the restrictions a graph can be checked for: inputs that must be
-build-time constants, attribute values, outputs the parser leaves out. `problems(model, tensorrt=...)` walks a
-graph and lists every node TensorRT of that version would refuse, with the reason; `check_graph` raises on them.
+build-time constants, attribute values, outputs the parser leaves out. `problems(model, tensorrt=...)` walks
+a graph and lists every node TensorRT of that version would refuse, with the reason; `check_graph` raises on
+them.
 
 Element types are checked on the inputs and outputs whose type the operator leaves open (ONNX's type
 constraints with more than one type: `Resize`'s data, not its int64 `sizes`), which is what the matrix's type
@@ -123,7 +124,7 @@ def problems(model: onnx.ModelProto, *, tensorrt: str | tuple[int, int] = MIN_VE
 def check_graph(
     path: str | Path, model: onnx.ModelProto, *, tensorrt: str | tuple[int, int] = MIN_VERSION
 ) -> None:
-    """Raise ArtifactMismatchError listing what TensorRT `tensorrt` would refuse in `model` (read from `path`)."""
+    """ArtifactMismatchError listing what TensorRT `tensorrt` would refuse in `model` (read from `path`)."""
     found = problems(model, tensorrt=tensorrt)
     if not found:
         return
@@ -192,7 +193,7 @@ def _node_problems(
 def _type_reasons(
     node: onnx.NodeProto, allowed: frozenset[int], opset: int, types: dict[str, int]
 ) -> list[str]:
-    """Each open-typed input or output whose inferred element type TensorRT does not take for this operator."""
+    """Each open-typed input or output whose inferred element type TensorRT does not take in this operator."""
     schema = defs.get_schema(node.op_type, opset, "")
     open_types = {c.type_param_str for c in schema.type_constraints if len(c.allowed_type_strs) > 1}
     reasons = []

@@ -31,7 +31,7 @@ sys.exit(0 if diff <= 1 else 1)
 PY
 
 # The bench times the same checkpoints, and ONNX Runtime runs the graphs exported above (no second export).
-# fp32, as the images above: on the tiny architecture bf16 (auto on a CPU with native bf16) only adds overhead.
+# fp32, as the images above: on the tiny architecture bf16 (auto on a CPU with native bf16) only adds cost.
 $CLI bench --prior "$OUT/ckpt/prior" --decoder "$OUT/ckpt/decoder" --onnx-dir "$OUT/onnx" \
     --backends diffusers torch onnxruntime --sizes 256 --steps 20 10 --warmup 1 --repeats 3 --device cpu \
     --precision fp32 --out "$OUT/bench"

@@ -5,13 +5,13 @@
 #   scripts/gpu-check.sh --fetch-wheels
 #
 # Whoever first has an NVIDIA H100/H200 runs this before anything else, commits OUT_DIR/bench (and
-# OUT_DIR/compile, if it ran) under benchmarks/results/gpu-full/, and fixes what it finds. On the device machine
-# of this project's workplace (the `run` tool; no internet there, the wheels travel with the tree):
+# OUT_DIR/compile, if it ran) under benchmarks/results/gpu-full/, and fixes what it finds. On the device
+# machine of this project's workplace (the `run` tool; no internet there, the wheels travel with the tree):
 #
 #   command: PYTHONUNBUFFERED=1 bash scripts/gpu-check.sh "$OUT"
 #   carry:   [".whl"]      timeout_s: 560
 #
-# after filling the ignored .whl/ folder where there is network (`scripts/gpu-check.sh --fetch-wheels` runs it):
+# after filling the ignored .whl/ folder where there is network (`scripts/gpu-check.sh --fetch-wheels`):
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 -d .whl \
@@ -21,25 +21,26 @@
 # pytest and matplotlib. Of what the run needs it lacks diffusers (whose declared importlib_metadata comes
 # along; zipp, its only need, is there); setuptools, wheel and packaging build cascade_trt itself offline.
 #
-# Steps, each cut at what is left of the budget (default 480 s, so the run ends within 8 minutes), each writing
-# its results as it goes so a run cut short keeps them:
+# Steps, each cut at what is left of the budget (default 480 s, so the run ends within 8 minutes), each
+# writing its results as it goes so a run cut short keeps them:
 #   1. the machine: GPU, driver, torch and CUDA versions;
-#   2. installs from .whl what is missing (pip --no-index), then this tree's cascade_trt without dependencies;
+#   2. installs from .whl what is missing (pip --no-index), then this tree's cascade_trt without dependencies,
+#      editable as scripts/setup.sh does (export/, engines/ and benchmarks/ map into the package);
 #   3. the gpu- and tensorrt-marked tests;
 #   4. the full-preset benchmark at 1024x1024, batch 1 and 4, 20+10 steps: diffusers eager (bf16 Stage C, fp16
 #      elsewhere, as diffusers documents) against the torch backend with CUDA graphs and without;
 #   5. torch-compile against diffusers at batch 1, when at least COMPILE_MIN_S of the budget is left
 #      (Inductor compiles each UNet for minutes);
-#   6. each target (>= 3x diffusers eager end to end at 1024x1024, loop overhead < 2 % of a step, within 1.6x of
-#      the compute floor) with the measured value beside it.
+#   6. each target (>= 3x diffusers eager end to end at 1024x1024, loop overhead < 2 % of a step, within 1.6x
+#      of the compute floor) with the measured value beside it.
 # OUT_DIR gets log.txt (all of the above), bench/results.{json,md,png} and compile/results.{json,md,png}.
 # Budget, from the costs of one H100/H200: install ~20 s, tests ~60 s, the benchmark ~150 s (random-weight
-# models built on the GPU in under a minute, then 1 warm-up call that captures the graphs and 5 timed calls per
-# backend and batch); what is left goes to torch-compile.
+# models built on the GPU in under a minute, then 1 warm-up call that captures the graphs and 5 timed calls
+# per backend and batch); what is left goes to torch-compile.
 #
-# --smoke runs the same steps on the CPU with the tiny preset and 2+2 steps in well under 3 minutes, installing
-# only what is missing; tests/test_gpu_check.py runs it so that this script cannot rot. Exit status: 0 when every
-# step succeeded, 1 when one failed or was cut (the log says which), 2 for bad arguments.
+# --smoke runs the same steps on the CPU with the tiny preset and 2+2 steps in well under 3 minutes,
+# installing only what is missing; tests/test_gpu_check.py runs it so that this script cannot rot. Exit
+# status: 0 when every step succeeded, 1 when one failed or was cut (the log says which), 2 for bad arguments.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd -P)
@@ -68,9 +69,11 @@ done
 # The smoke run is fp32: bf16 (what auto picks on a CPU with native bf16) pays off at real model sizes, while
 # the tiny architecture is all per-operation overhead, which bf16 only adds to.
 if [ $SMOKE = 1 ]; then
-    DEVICE=cpu PRESET=tiny PRECISION=fp32 BATCHES="1 2" STEPS="2 2" REPEATS=2 TESTS_S=100 BUDGET=${BUDGET:-170}
+    DEVICE=cpu PRESET=tiny PRECISION=fp32 BATCHES="1 2" STEPS="2 2" REPEATS=2 TESTS_S=100
+    BUDGET=${BUDGET:-170}
 else
-    DEVICE=cuda PRESET=full PRECISION=auto BATCHES="1 4" STEPS="20 10" REPEATS=5 TESTS_S=150 BUDGET=${BUDGET:-480}
+    DEVICE=cuda PRESET=full PRECISION=auto BATCHES="1 4" STEPS="20 10" REPEATS=5 TESTS_S=150
+    BUDGET=${BUDGET:-480}
 fi
 COMPILE_MIN_S=200
 RESERVE_S=15  # kept back at every step for the summary
@@ -87,8 +90,8 @@ FAILED=()
 
 left() { echo $((BUDGET - (SECONDS - START))); }
 
-# step NAME CAP_S COMMAND...: COMMAND (a program) under `timeout` at CAP_S or what is left of the budget, whichever
-# is less; a failure is recorded and the next step runs.
+# step NAME CAP_S COMMAND...: COMMAND (a program) under `timeout` at CAP_S or what is left of the budget,
+# whichever is less; a failure is recorded and the next step runs.
 step() {
     local name=$1 cap=$2 limit rc
     shift 2
@@ -138,20 +141,25 @@ install() {
     "$PY" -c "import diffusers" 2>/dev/null || wanted+=("${WHEELS[@]:0:2}")
     if [ ${#wanted[@]} -gt 0 ]; then
         ls .whl/*.whl >/dev/null 2>&1 || {
-            echo "diffusers is missing and .whl/ has no wheels: run scripts/gpu-check.sh --fetch-wheels where there"
-            echo "is network, and carry .whl with the tree"
+            echo "diffusers is missing and .whl/ has no wheels: run scripts/gpu-check.sh --fetch-wheels"
+            echo "where there is network, and carry .whl with the tree"
             return 1
         }
         "$PY" -m pip install -q --no-index --find-links .whl --no-deps "${wanted[@]}" || return 1
     fi
-    # This tree's cascade_trt, unless it is already installed from here (editable, as scripts/setup.sh does).
-    local here
-    here=$("$PY" -c "import cascade_trt, pathlib; print(pathlib.Path(cascade_trt.__file__).resolve().parents[1])" \
-        2>/dev/null)
-    if [ "$here" != "$ROOT" ]; then
-        "$PY" -m pip install -q --no-index --find-links .whl --no-deps --force-reinstall "$ROOT" || return 1
+    # This tree's cascade_trt, editable, unless it is installed so already. Editable, not a copy: run from
+    # the repository root, the cascade_trt/ folder here shadows a copy, and the copy's mapped subpackages.
+    local here find='import importlib.util as u; print(u.find_spec("cascade_trt.engines").origin)'
+    here=$("$PY" -c "$find" 2>/dev/null)
+    if [ "$here" != "$ROOT/engines/__init__.py" ]; then
+        "$PY" -m pip install -q --no-index --find-links .whl --no-deps -e "$ROOT" || return 1
     fi
-    "$PY" -c "import diffusers, cascade_trt; print(f'diffusers {diffusers.__version__}, cascade_trt {cascade_trt.__version__}')"
+    "$PY" - <<'PY'
+import cascade_trt
+import diffusers
+
+print(f"diffusers {diffusers.__version__}, cascade_trt {cascade_trt.__version__}")
+PY
 }
 
 bench_args() {  # OUT_SUBDIR BACKENDS BATCHES REPEATS: the benchmark command, into BENCH
@@ -159,7 +167,8 @@ bench_args() {  # OUT_SUBDIR BACKENDS BATCHES REPEATS: the benchmark command, in
         --repeats "$4" --device $DEVICE --precision $PRECISION --out "$OUT/$1")
 }
 
-echo "== gpu-check: $([ $SMOKE = 1 ] && echo "smoke run, CPU, tiny preset" || echo "GPU run, full preset"), budget ${BUDGET} s"
+KIND=$([ $SMOKE = 1 ] && echo "smoke run, CPU, tiny preset" || echo "GPU run, full preset")
+echo "== gpu-check: $KIND, budget ${BUDGET} s"
 echo "== machine"
 machine || exit 1  # no GPU where one was promised: nothing below would mean anything
 echo "== install"

@@ -44,9 +44,9 @@ def tiny_decoder(tiny_dir: Path) -> Path:
 def tiny_onnx(
     tiny_prior: Path, tiny_decoder: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str], dict[str, Path]]:
-    """Every stage of the tiny checkpoints exported in one precision ("fp32", "fp16" or "bf16"), once per session
-    and precision: `tiny_onnx("bf16")` is what `export_pipeline` returned ({stage: ONNX path}, one directory).
-    Tests share these files: copy them before changing anything."""
+    """Every stage of the tiny checkpoints exported in one precision ("fp32", "fp16" or "bf16"), once per
+    session and precision: `tiny_onnx("bf16")` is what `export_pipeline` returned ({stage: ONNX path}, one
+    directory). Tests share these files: copy them before changing anything."""
     from cascade_trt.export import export_pipeline
 
     made: dict[str, dict[str, Path]] = {}

@@ -223,7 +223,7 @@ def test_percentiles_match_numpy() -> None:
 def test_cost_table_gives_the_facts_floor() -> None:
     shape = costs.RunShape(1024, 1024, 1, 20, 10, 4.0, 0.0)
     tflop = costs.stage_tflop("full", shape)
-    assert sum(tflop.values()) == pytest.approx(227, abs=1)  # FACTS.md: full cascade ~227 TFLOP an image
+    assert sum(tflop.values()) == pytest.approx(227, abs=1)  # the full cascade: ~227 TFLOP an image
     assert tflop["stage_c"] == pytest.approx(163.2)
     floor = costs.floor_seconds("full", shape, 790.0)
     assert floor["end_to_end"] == pytest.approx(0.29, abs=0.005)
@@ -370,7 +370,7 @@ def test_a_run_cut_short_keeps_the_shapes_it_finished(tmp_path: Path) -> None:
 def test_without_matplotlib_the_bench_writes_json_and_markdown_and_says_how_to_get_the_chart(
     tmp_path: Path,
 ) -> None:
-    """`pip install cascade-trt` without the bench extra: no traceback after the run, the tables are written."""
+    """`pip install cascade-trt` without the bench extra: no traceback after the run, tables written."""
     import subprocess
     import sys
 
@@ -388,7 +388,7 @@ def test_without_matplotlib_the_bench_writes_json_and_markdown_and_says_how_to_g
         str(tmp_path),
     ]
     code = (
-        "import sys; sys.modules['matplotlib'] = None  # what `import matplotlib` meets when it is not installed\n"
+        "import sys; sys.modules['matplotlib'] = None  # `import matplotlib` fails as if not installed\n"
         "from cascade_trt.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)

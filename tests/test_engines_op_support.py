@@ -1,6 +1,6 @@
-"""TensorRT's ONNX operator support, checked without TensorRT: every exported graph of the tiny preset, in fp32,
-fp16 and bf16, after the passes `cascade-trt build` applies, is one TensorRT's parser takes; and the checker
-catches what it is there to catch, on small graphs that carry each fault."""
+"""TensorRT's ONNX operator support, checked without TensorRT: every exported graph of the tiny preset, in
+fp32, fp16 and bf16, after the passes `cascade-trt build` applies, is one TensorRT's parser takes; and the
+checker catches what it is there to catch, on small graphs that carry each fault."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def test_every_exported_stage_parses_after_the_build_passes(tiny_onnx, precision
 
 
 def test_the_bf16_resize_is_what_the_passes_fix(tiny_onnx) -> None:
-    """Without its passes the bf16 Stage B has the Resize TensorRT's bf16 graphs cannot rely on: the check sees
-    it, so it would have caught a build that skipped the pass."""
+    """Without its passes the bf16 Stage B has the Resize TensorRT's bf16 graphs cannot rely on: the check
+    sees it, so it would have caught a build that skipped the pass."""
     path = tiny_onnx("bf16")["stage_b"]
     found = problems(onnx.load(str(path), load_external_data=False))
     assert found and {p.op for p in found} == {"Resize"}

@@ -1,5 +1,6 @@
-"""`scripts/gpu-check.sh --smoke`: the one prepared GPU run, run on the CPU with the tiny preset, so the script
-the first GPU session depends on cannot rot. Its steps, outputs and target lines are checked, not its timings."""
+"""`scripts/gpu-check.sh --smoke`: the one prepared GPU run, run on the CPU with the tiny preset, so the
+script the first GPU session depends on cannot rot. Its steps, outputs and target lines are checked, not its
+timings."""
 
 from __future__ import annotations
 

@@ -39,7 +39,8 @@ def dirs(tiny_prior: Path, tiny_decoder: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def reference(dirs):
     """diffusers' combined pipeline, assembled from components loaded by subfolder (diffusers 0.42 cannot
-    `from_pretrained` the decoder pipeline: its model_index.json names PaellaVQModel, which no longer resolves)."""
+    `from_pretrained` the decoder pipeline: its model_index.json names PaellaVQModel, which no longer
+    resolves)."""
     from diffusers import DDPMWuerstchenScheduler, StableCascadeCombinedPipeline, StableCascadeUNet
     from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer

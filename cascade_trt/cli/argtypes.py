@@ -1,5 +1,5 @@
-"""What the subcommands share in argparse: `type=` callbacks (a bad number is refused while parsing, naming its
-flag, before any loading), the help formatter, and help texts that several commands print."""
+"""What the subcommands share in argparse: `type=` callbacks (a bad number is refused while parsing, naming
+its flag, before any loading), the help formatter, and help texts that several commands print."""
 
 from __future__ import annotations
 

@@ -82,8 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--baseline-precision",
         metavar="PRECISION",
-        help="diffusers' own precision, in the same forms (default: --precision's); e.g. fp32, what diffusers "
-        "runs without a torch_dtype, against the runtime's auto",
+        help="diffusers' own precision, in the same forms (default: --precision's); e.g. fp32, what "
+        "diffusers runs without a torch_dtype, against the runtime's auto",
     )
     p.add_argument(
         "--prior", help="prior checkpoint (diffusers directory or hub id) instead of random weights"

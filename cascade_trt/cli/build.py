@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def dry_run(args: argparse.Namespace, options: BuildOptions) -> int:
-    """What `build` would build, checked as far as it can be without TensorRT; ArtifactMismatchError if not."""
+    """What `build` would build, checked as far as possible without TensorRT; ArtifactMismatchError if not."""
     from cascade_trt.engines.availability import MIN_VERSION
     from cascade_trt.engines.builder import check_plans, plan_builds
 
