@@ -104,7 +104,7 @@ def load_support(path: Path = DATA) -> Support:
 def problems(model: onnx.ModelProto, *, tensorrt: str | tuple[int, int] = MIN_VERSION) -> list[Problem]:
     """Everything in `model` that TensorRT `tensorrt` ("10.8.0.43" or (10, 8)) would refuse to parse."""
     support = load_support()
-    version = tensorrt_version(tensorrt) if isinstance(tensorrt, str) else tuple(tensorrt)
+    version = _version(tensorrt)
     out, opset = _opset_problems(model, support, version)
     types = tensor_types(model)
     graph = model.graph
@@ -113,11 +113,12 @@ def problems(model: onnx.ModelProto, *, tensorrt: str | tuple[int, int] = MIN_VE
     functions = {(f.domain, f.name) for f in model.functions}
     for node in graph.node:
         if node.domain in DEFAULT_DOMAINS:
-            out += _node_problems(node, support, version, opset, types, constants)
-        elif (node.domain, node.op_type) not in functions:
-            out.append(
-                Problem(node.name, node.op_type, f"custom domain {node.domain!r}: needs a TensorRT plugin")
-            )
+            reasons = _node_reasons(node, support, version, opset, types, constants)
+        elif (node.domain, node.op_type) in functions:
+            reasons = []  # a model-local function: the parser inlines it (TensorRT 9.0 on)
+        else:
+            reasons = [f"custom domain {node.domain!r}: needs a TensorRT plugin"]
+        out += [Problem(node.name, node.op_type, r) for r in reasons]
     return out
 
 
@@ -128,15 +129,21 @@ def check_graph(
     found = problems(model, tensorrt=tensorrt)
     if not found:
         return
-    version = ".".join(map(str, tensorrt_version(tensorrt) if isinstance(tensorrt, str) else tensorrt))
-    shown = "; ".join(p.line() for p in found[:5]) + (
-        f"; and {len(found) - 5} more" if len(found) > 5 else ""
-    )
+    more = f"; and {len(found) - 5} more" if len(found) > 5 else ""
     raise ArtifactMismatchError(
-        f"{Path(path).name}: TensorRT {version}'s ONNX parser would refuse {len(found)} node(s): {shown}. "
-        f"Where a newer TensorRT takes them, upgrade; otherwise the export must avoid them (an --opset the "
-        f"parser takes, or a fix in cascade_trt's exporter or ONNX passes)"
+        f"{Path(path).name}: TensorRT {_release(_version(tensorrt))}'s ONNX parser would refuse "
+        f"{len(found)} node(s): {'; '.join(p.line() for p in found[:5])}{more}. Where a newer TensorRT takes "
+        f"them, upgrade; otherwise the export must avoid them (an --opset the parser takes, or a fix in "
+        f"cascade_trt's exporter or ONNX passes)"
     )
+
+
+def _version(tensorrt: str | tuple[int, int]) -> tuple[int, int]:
+    return tensorrt_version(tensorrt) if isinstance(tensorrt, str) else (tensorrt[0], tensorrt[1])
+
+
+def _release(version: tuple[int, int]) -> str:
+    return ".".join(map(str, version))
 
 
 def _opset_problems(
@@ -146,55 +153,38 @@ def _opset_problems(
     opset = next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
     if lo <= opset <= hi:
         return [], opset
-    release = ".".join(map(str, version))
-    return [
-        Problem("(model)", "opset", f"opset {opset}; TensorRT {release} takes opsets {lo} to {hi}")
-    ], opset
+    reason = f"opset {opset}; TensorRT {_release(version)} takes opsets {lo} to {hi}"
+    return [Problem("(model)", "opset", reason)], opset
 
 
-def _node_problems(
+def _node_reasons(
     node: onnx.NodeProto,
     support: Support,
     version: tuple[int, int],
     opset: int,
     types: dict[str, int],
     constants: set[str],
-) -> list[Problem]:
+) -> list[str]:
     op = node.op_type
     if op in support.unsupported or op not in support.types:
         listed = "listed as unsupported" if op in support.unsupported else "not in the operator matrix"
-        return [Problem(node.name, op, f"{listed} ({support.source['repository']})")]
+        return [f"{listed} ({support.source['repository']})"]
     since = support.since.get(op, (0, 0))
     if since > version:
-        return [Problem(node.name, op, f"parsed from TensorRT {'.'.join(map(str, since))} on")]
-    out = [Problem(node.name, op, r) for r in _type_reasons(node, support.types[op], opset, types)]
-    schema = defs.get_schema(op, opset, "")
-    names = [p.name for p in schema.inputs]
-    for name in support.constant_inputs.get(op, ()):
-        k = names.index(name) if name in names else len(node.input)
-        if k < len(node.input) and node.input[k] and node.input[k] not in constants:
-            out.append(Problem(node.name, op, f"input {name} must be a constant (an initializer)"))
-    for attr in node.attribute:
-        allowed = support.attributes.get(op, {}).get(attr.name)
-        value = onnx.helper.get_attribute_value(attr)
-        value = value.decode() if isinstance(value, bytes) else value
-        if allowed is not None and value not in allowed:
-            out.append(
-                Problem(
-                    node.name, op, f"{attr.name}={value!r}; TensorRT takes {', '.join(map(str, allowed))}"
-                )
-            )
-    most = support.outputs.get(op)
-    if most is not None and sum(bool(o) for o in node.output) > most:
-        out.append(Problem(node.name, op, f"only its first {most} output(s) are parsed, the graph uses more"))
-    return out
+        return [f"parsed from TensorRT {_release(since)} on"]
+    try:
+        schema = defs.get_schema(op, opset, "")
+    except defs.SchemaError:
+        return [f"not an ONNX operator at opset {opset}"]
+    return _type_reasons(node, schema, support.types[op], types) + _restriction_reasons(
+        node, schema, support, constants
+    )
 
 
 def _type_reasons(
-    node: onnx.NodeProto, allowed: frozenset[int], opset: int, types: dict[str, int]
+    node: onnx.NodeProto, schema: defs.OpSchema, allowed: frozenset[int], types: dict[str, int]
 ) -> list[str]:
     """Each open-typed input or output whose inferred element type TensorRT does not take in this operator."""
-    schema = defs.get_schema(node.op_type, opset, "")
     open_types = {c.type_param_str for c in schema.type_constraints if len(c.allowed_type_strs) > 1}
     reasons = []
     for formal, actual in (*_bind(schema.inputs, node.input), *_bind(schema.outputs, node.output)):
@@ -203,6 +193,28 @@ def _type_reasons(
             name = TYPE_NAMES.get(have, TensorProto.DataType.Name(have))
             takes = ", ".join(sorted({TYPE_NAMES.get(t, str(t)) for t in allowed}))
             reasons.append(f"{formal.name} ({actual!r}) is {name}; TensorRT takes {takes} here")
+    return reasons
+
+
+def _restriction_reasons(
+    node: onnx.NodeProto, schema: defs.OpSchema, support: Support, constants: set[str]
+) -> list[str]:
+    """Inputs that must be constants, attribute values, and outputs the parser leaves out."""
+    op, reasons = node.op_type, []
+    names = [p.name for p in schema.inputs]
+    for name in support.constant_inputs.get(op, ()):
+        k = names.index(name) if name in names else len(node.input)
+        if k < len(node.input) and node.input[k] and node.input[k] not in constants:
+            reasons.append(f"input {name} must be a constant (an initializer)")
+    for attr in node.attribute:
+        allowed = support.attributes.get(op, {}).get(attr.name)
+        value = onnx.helper.get_attribute_value(attr)
+        value = value.decode() if isinstance(value, bytes) else value
+        if allowed is not None and value not in allowed:
+            reasons.append(f"{attr.name}={value!r}; TensorRT takes {', '.join(map(str, allowed))}")
+    most = support.outputs.get(op)
+    if most is not None and sum(bool(o) for o in node.output) > most:
+        reasons.append(f"only its first {most} output(s) are parsed, the graph uses more")
     return reasons
 
 

@@ -8,7 +8,7 @@
 # OUT_DIR/compile, if it ran) under benchmarks/results/gpu-full/, and fixes what it finds. On the device
 # machine of this project's workplace (the `run` tool; no internet there, the wheels travel with the tree):
 #
-#   command: PYTHONUNBUFFERED=1 bash scripts/gpu-check.sh "$OUT"
+#   command: bash scripts/gpu-check.sh "$OUT"
 #   carry:   [".whl"]      timeout_s: 560
 #
 # after filling the ignored .whl/ folder where there is network (`scripts/gpu-check.sh --fetch-wheels`):
@@ -34,9 +34,10 @@
 #   6. each target (>= 3x diffusers eager end to end at 1024x1024, loop overhead < 2 % of a step, within 1.6x
 #      of the compute floor) with the measured value beside it.
 # OUT_DIR gets log.txt (all of the above), bench/results.{json,md,png} and compile/results.{json,md,png}.
-# Budget, from the costs of one H100/H200: install ~20 s, tests ~60 s, the benchmark ~150 s (random-weight
-# models built on the GPU in under a minute, then 1 warm-up call that captures the graphs and 5 timed calls
-# per backend and batch); what is left goes to torch-compile.
+# The budget, estimated for one H100/H200 (nothing has run on one yet): install ~20 s, tests ~60 s, the
+# benchmark ~150 s (random-weight models built on the GPU in under a minute; about 227 TFLOP an image, so a
+# few seconds per eager call at batch 4; 1 warm-up call that captures the graphs and 5 timed calls per backend
+# and batch); what is left goes to torch-compile.
 #
 # --smoke runs the same steps on the CPU with the tiny preset and 2+2 steps in well under 3 minutes,
 # installing only what is missing; tests/test_gpu_check.py runs it so that this script cannot rot. Exit
