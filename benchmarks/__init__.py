@@ -1,7 +1,8 @@
 """The latency suite (`cascade-trt bench`); see README.md here. Light to import: the CLI reads these names.
 
 A row of the results is the diffusers baseline, a runtime backend of `cascade_trt.backends`, or a variant: a
-runtime backend run with options of its own (`torch-compile` is the torch backend with `compile=True`).
+runtime backend run with options of its own (`torch-compile` is the torch backend with `compile=True`,
+`torch-no-graphs` the torch backend with its loops uncaptured, `cuda_graphs=False`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from typing import Any
 from cascade_trt.backends import BACKENDS as RUNTIME_BACKENDS
 
 BASELINE = "diffusers"
-# variant -> (runtime backend, the options that make it that variant)
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"torch-compile": ("torch", {"compile": True})}
+# variant -> (runtime backend, the `CascadePipeline.from_components` keywords that make it that variant)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "torch-no-graphs": ("torch", {"cuda_graphs": False}),
+    "torch-compile": ("torch", {"compile": True}),
+}
 # Every name --backends takes: the baseline, then each runtime backend followed by its variants.
 BACKENDS: tuple[str, ...] = (
     BASELINE,

@@ -1,11 +1,13 @@
 """Build every backend's driver over one set of models.
 
 The models are built once, in the precision policy's dtypes, on the device: the real architectures with
-random weights (`random_components`) or real checkpoints (`load_components`). The diffusers baseline and the
-runtime's `torch` backends share those modules, so they time the very same weights. One exception: diffusers'
-prior pipeline casts the text embeddings to the text encoder's dtype before the prior, so its text encoder must
-share the prior's dtype (the whole prior pipeline in one dtype, as diffusers' documentation loads it); where the
-policy differs there (bf16 Stage C, fp16 text encoder on GPU) the baseline gets its own copy.
+random weights (`random_components`) or real checkpoints (`load_components`). The diffusers baseline and
+the runtime's `torch` rows share those modules, so they time the very same weights. Two exceptions give the
+baseline its own copy of a stage: diffusers' prior pipeline casts the text embeddings to the text encoder's
+dtype before the prior, so its text encoder must share the prior's dtype (the whole prior pipeline in one
+dtype, as diffusers' documentation loads it; the policy differs there on a GPU: bf16 Stage C, fp16 text
+encoder), and `--baseline-precision` can ask for diffusers in another precision than the runtime (fp32, its
+default dtype, against the runtime's bf16 on a CPU with native bf16).
 
 `onnxruntime` runs graphs exported from diffusers-format checkpoints: the given ones, or a random-weight copy of
 the preset written by `cascade_trt.tiny.make_pipelines` into the work directory.
@@ -122,6 +124,7 @@ def _build_one(
         backend=backend,
         device=device,
         precision=dict(policy.stages),
+        cuda_graphs=variant.get("cuda_graphs", True),
         **{key: value for key, value in given.items() if key in takes},
     )
     return CascadeDriver(name, pipe), policy
@@ -134,20 +137,21 @@ def _diffusers(
     policy: PrecisionPolicy,
     device: torch.device,
 ) -> tuple[Driver, PrecisionPolicy]:
-    stages = dict(policy.stages)
-    if policy["text_encoder"] != policy["stage_c"]:
-        stages["text_encoder"] = policy["stage_c"]
-        dtype = PrecisionPolicy(stages).dtype("text_encoder")
-        own = build_models(
-            parts.checkpoints,
-            config,
-            dtypes={"text_encoder": dtype},
-            device=device,
-            seed=cfg.seed,
-            stages=("text_encoder",),
+    """diffusers over the shared modules, with its own copy of each stage it runs in another dtype: those
+    `--baseline-precision` sets apart, and the text encoder, which runs in the prior's dtype (module
+    docstring)."""
+    base = policy
+    if cfg.baseline_precision is not None:
+        base = PrecisionPolicy.resolve(config, cfg.baseline_precision, device=device, target="torch")
+    baseline = PrecisionPolicy({**base.stages, "text_encoder": base["stage_c"]})
+    own = tuple(s for s in PIPELINE_STAGES if baseline[s] != policy[s])
+    if own:
+        dtypes = {s: baseline.dtype(s) for s in own}
+        copies = build_models(
+            parts.checkpoints, config, dtypes=dtypes, device=device, seed=cfg.seed, stages=own
         )
-        parts = dataclasses.replace(parts, text_encoder=own.text_encoder)
-    return DiffusersDriver(parts), PrecisionPolicy(stages)
+        parts = dataclasses.replace(parts, **{s: getattr(copies, s) for s in own})
+    return DiffusersDriver(parts), baseline
 
 
 def export_onnx(

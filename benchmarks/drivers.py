@@ -10,8 +10,8 @@ those embeddings (the Stage C loop), the decoder pipeline with the prior's outpu
 then clamp: Stage A). Between the two pipelines the embeddings are cast to the decoder's dtype, as diffusers'
 documentation does when the prior runs in bf16 and the decoder in fp16.
 
-The runtime backends (`torch`, `torch-compile`, `onnxruntime`, `tensorrt`) are `CascadePipeline`'s public
-stage methods, which its `__call__` composes the same way.
+The runtime rows (each runtime backend and its variants: `torch`, `torch-no-graphs`, `torch-compile`, `onnxruntime`,
+`tensorrt`) are `CascadePipeline`'s public stage methods, which its `__call__` composes the same way.
 """
 
 from __future__ import annotations
@@ -180,25 +180,32 @@ class CascadeDriver:
         return self.pipe.run_stage_a(latents)
 
 
-def unavailable_reason(backend: str, device: torch.device, *, explicit: bool = True) -> str | None:
-    """Why `backend` cannot run on `device` here, or None when it can (as far as can be told up front).
+def unavailable_reason(name: str, device: torch.device, *, explicit: bool = True) -> str | None:
+    """Why the benchmark row `name` cannot run on `device` here, or None when it can (as far as can be told
+    up front).
 
-    `explicit` is whether the user named the backend; some run only when asked for.
+    `explicit` is whether the user named it; some rows run only when asked for.
     """
     import importlib.util
 
-    if backend not in BACKENDS:
+    if name not in BACKENDS:
         return f"unknown backend (choose from {', '.join(BACKENDS)})"
-    if backend == BASELINE:
+    if name == BASELINE:
         return None
     if importlib.util.find_spec("cascade_trt.pipeline") is None:
         return "cascade_trt.pipeline (the runtime) is not in this build"
-    runtime, variant = runtime_backend(backend)
-    if variant.get("compile") and device.type == "cpu" and not explicit:
-        return (
-            "not run by default on the CPU: inductor compiles the UNets for minutes on a small CPU; "
-            "name it in --backends to run it anyway"
-        )
+    runtime, variant = runtime_backend(name)
+    if device.type == "cpu" and not explicit:
+        if variant.get("compile"):
+            return (
+                "not run by default on the CPU: inductor compiles the UNets for minutes on a small CPU; "
+                "name it in --backends to run it anyway"
+            )
+        if variant.get("cuda_graphs") is False:
+            return (
+                "not run by default on the CPU: a CPU has no CUDA graphs to leave out, so it would repeat "
+                "the torch row; name it in --backends to run it anyway"
+            )
     missing = _MISSING.get(runtime)
     return missing(device) if missing is not None else None
 

@@ -1,7 +1,8 @@
 """Reports people read: the JSON document, a markdown table, a PNG of the per-stage breakdown, comparisons.
 
-Times in the markdown are milliseconds: median [p10-p90]. Speed-ups are the baseline's median over the
-backend's median at the same shape in the same run (so a machine's load affects both sides alike).
+Times in the markdown are milliseconds (`fmt_ms`): median [p10-p90]. Speed-ups are the baseline's median over
+the backend's median at the same shape in the same run (so a machine's load affects both sides alike). The
+chart needs matplotlib (the `bench` extra); without it the JSON and markdown are written all the same.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade_trt.artifacts import atomic_path
+from cascade_trt.benchmarks import targets
 from cascade_trt.benchmarks.suite import METRICS
 
 LABELS = {
@@ -31,6 +33,7 @@ MEMORY_KINDS = {
     "and in parentheses the MiB the call added, pool included",
 }
 BREAKDOWN = ("text_encoder", "stage_c_loop", "stage_b_loop", "stage_a")
+CHART_INSTALL = "pip install 'cascade-trt[bench]'"
 COLORS = ("#8c8c8c", "#3b75af", "#ef8636", "#519e3e")
 
 
@@ -50,14 +53,27 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def write_all(doc: dict[str, Any], out: str | Path, stem: str = "results") -> dict[str, Path]:
-    """results.json, results.md and results.png in `out`."""
+def can_plot() -> bool:
+    """Whether matplotlib is importable (it comes with the `bench` extra: `CHART_INSTALL`)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_all(
+    doc: dict[str, Any], out: str | Path, stem: str = "results", *, chart: bool = True
+) -> dict[str, Path]:
+    """results.json, results.md and (with `chart`, where matplotlib is installed) results.png in `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{stem}.png" if chart and can_plot() else None
     paths = {"json": write_json(doc, out / f"{stem}.json")}
-    _write_text(out / f"{stem}.md", markdown(doc, chart=f"{stem}.png"))
+    _write_text(out / f"{stem}.md", markdown(doc, chart=png.name if png else None))
     paths["md"] = out / f"{stem}.md"
-    paths["png"] = plot(doc, out / f"{stem}.png")
+    if png is not None:
+        paths["png"] = plot(doc, png)
     return paths
 
 
@@ -121,12 +137,18 @@ def header(doc: dict[str, Any]) -> list[str]:
         lines.append(f"- **Memory**: {', '.join(MEMORY_KINDS.get(k, k) for k in sorted(kinds))}")
     if doc.get("matmul_peak_tflops"):
         lines.append(f"- **Measured bf16 matrix peak**: {doc['matmul_peak_tflops']:.0f} TFLOP/s")
+    if doc.get("incomplete"):
+        lines.append(
+            f"- **Incomplete**: the run stopped early, {doc['incomplete']}; these are the shapes it finished"
+        )
     return lines
 
 
 def markdown(doc: dict[str, Any], chart: str | None = None) -> str:
     lines = header(doc)
     lines += ["", *summary(doc)]
+    lines += _targets(doc)
+    cpu = doc["environment"]["device_type"] == "cpu"
     for shape, records in _by_shape(doc["records"]).items():
         h, w, b = shape
         lines += ["", f"## {h}×{w}, batch {b}", "", *_latency_table(records), ""]
@@ -135,7 +157,9 @@ def markdown(doc: dict[str, Any], chart: str | None = None) -> str:
             lines += _ratio_table(records, "speedup_vs_baseline", "×")
         if any("loop_overhead" in r for r in records):
             lines += ["", "Loop overhead per step (1 − bare model forward / loop step, medians in ms):", ""]
-            lines += _overhead_table(records)
+            lines += _overhead_table(records, cpu=cpu)
+            if cpu and any(v < 0 for r in records for v in r.get("loop_overhead", {}).values()):
+                lines += ["", CPU_NEGATIVE_OVERHEAD]
         if any("floor_fraction" in r for r in records):
             lines += ["", "Fraction of the compute floor (floor time at the measured peak / median):", ""]
             lines += _ratio_table(records, "floor_fraction", "")
@@ -200,7 +224,25 @@ def _ratio_table(records: list[dict[str, Any]], key: str, suffix: str) -> list[s
     return rows
 
 
-def _overhead_table(records: list[dict[str, Any]]) -> list[str]:
+def _targets(doc: dict[str, Any]) -> list[str]:
+    rows = targets.table(doc)
+    if not rows:
+        return []
+    lines = ["", f"## Targets at {targets.SIDE}×{targets.SIDE}", ""]
+    if doc["environment"]["device_type"] != "cuda":
+        lines += ["The targets are GPU figures; on this CPU run the rows only show the arithmetic.", ""]
+    return lines + rows
+
+
+# Shown under a CPU run's overhead table when a step measured faster than its own bare forward.
+CPU_NEGATIVE_OVERHEAD = (
+    "n/r: not resolved. On a CPU the loop step runs the same kernels as the bare forward, with no graph "
+    "to replay, so a step measured faster than its own forward is noise: the overhead is below what these "
+    "medians resolve."
+)
+
+
+def _overhead_table(records: list[dict[str, Any]], *, cpu: bool) -> list[str]:
     cols = ["backend"]
     for stage in ("C", "B"):
         cols += [f"{stage} step", f"{stage} forward", f"{stage} overhead"]
@@ -213,10 +255,15 @@ def _overhead_table(records: list[dict[str, Any]]) -> list[str]:
             cells += [
                 fmt_ms(r["timings_s"][f"{stage}_step"]["median"]),
                 fmt_ms(r["forward_s"][stage]["median"]),
-                f"{r['loop_overhead'][stage] * 100:.1f}%",
+                _overhead(r["loop_overhead"][stage], cpu=cpu),
             ]
         rows.append(_row(cells))
     return rows
+
+
+def _overhead(value: float, *, cpu: bool) -> str:
+    # On CUDA a captured step can beat the eager bare forward, so a negative value is a result there.
+    return "n/r" if cpu and value < 0 else f"{value * 100:.1f}%"
 
 
 def _row(cells: list[str]) -> str:
@@ -303,7 +350,7 @@ def compare(a: dict[str, Any], b: dict[str, Any], *, names: tuple[str, str] = ("
             if m.endswith("_step"):
                 continue
             x, y = r["timings_s"][m]["median"], other["timings_s"][m]["median"]
-            cells.append(f"{x * 1e3:.3g} → {y * 1e3:.3g} ({y / x:.2f})")
+            cells.append(f"{fmt_ms(x)} → {fmt_ms(y)} ({y / x:.2f})")
         lines.append(_row(cells))
     unmatched += [f"only in {names[1]}: {_describe(r)}" for r in index_b.values()]
     if unmatched:

@@ -61,6 +61,7 @@ class SuiteConfig:
     repeats: int = 5
     device: str = "cpu"
     precision: str | dict[str, str] = "auto"  # as PrecisionPolicy.resolve takes it
+    baseline_precision: str | dict[str, str] | None = None  # diffusers' own; None: the same as `precision`
     checkpoints: CheckpointPair | None = (
         None  # real checkpoints; None: the preset's architecture, random weights
     )
@@ -99,9 +100,17 @@ def choose_backends(requested: tuple[str, ...] | None, device: torch.device) -> 
 
 
 def run_suite(
-    cfg: SuiteConfig, *, workdir: str, progress: Callable[[str], None] = log.info
+    cfg: SuiteConfig,
+    *,
+    workdir: str,
+    progress: Callable[[str], None] = log.info,
+    on_shape: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole suite; returns the results document (see `schema`)."""
+    """Run the whole suite; returns the results document (see `schema`).
+
+    `on_shape`, when given, receives the document so far after each (size, batch) is measured, marked
+    `incomplete`, so a run cut short can still leave what it measured on disk.
+    """
     device = check_device(cfg.device)
     load_start = environment.load_average()
     names, skipped = choose_backends(cfg.backends, device)
@@ -111,45 +120,61 @@ def run_suite(
     skipped += built.skipped
     peak_tflops = _matrix_peak(device, progress)
     clock, memory = make_clock(device), PeakMemory(device)
-    records = []
+    records: list[dict[str, Any]] = []
+
+    def document() -> dict[str, Any]:
+        env = environment.collect(device)
+        env["load_average_start"], env["load_average_end"] = load_start, environment.load_average()
+        return {
+            "schema": SCHEMA,
+            "environment": env,
+            "config": _config_json(cfg, built),
+            "clock": clock.kind,
+            "baseline": BASELINE,
+            "matmul_peak_tflops": peak_tflops,
+            "records": list(records),
+            "skipped": list(skipped),
+        }
+
     if not built.drivers:
         progress("no backend can run: nothing to measure")
-    for height, width in cfg.sizes if built.drivers else ():
-        for batch in cfg.batches:
-            work = _workload(cfg, height, width, batch)
-            progress(f"measuring {height}x{width} batch {batch}: {', '.join(built.drivers)}")
-            result = measure(built.drivers, work, clock, memory, cfg.warmup, cfg.repeats)
-            skipped += result.failed
-            shape_records = [
-                _record(name, work, result, memory.kind, built.precision[name])
-                for name in built.drivers
-                if name in result.samples
-            ]
-            add_ratios(shape_records)
-            add_floor(shape_records, costs.cost_key(built.config), peak_tflops)
-            for r in shape_records:
-                speedup = r.get("speedup_vs_baseline", {}).get("end_to_end")
-                note = f" ({speedup:.2f}x {BASELINE})" if speedup else ""
-                progress(
-                    f"  {r['backend']}: end to end {r['timings_s']['end_to_end']['median'] * 1e3:.1f} ms{note}"
-                )
-            records += shape_records
-            for driver in built.drivers.values():
-                driver.release()  # this shape's buffers and graphs: a sweep must not pile them up
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    env = environment.collect(device)
-    env["load_average_start"], env["load_average_end"] = load_start, environment.load_average()
-    return {
-        "schema": SCHEMA,
-        "environment": env,
-        "config": _config_json(cfg, built),
-        "clock": clock.kind,
-        "baseline": BASELINE,
-        "matmul_peak_tflops": peak_tflops,
-        "records": records,
-        "skipped": skipped,
-    }
+    shapes = [(h, w, b) for h, w in cfg.sizes for b in cfg.batches] if built.drivers else []
+    for done, (height, width, batch) in enumerate(shapes, 1):
+        work = _workload(cfg, height, width, batch)
+        progress(f"measuring {height}x{width} batch {batch}: {', '.join(built.drivers)}")
+        result = measure(built.drivers, work, clock, memory, cfg.warmup, cfg.repeats)
+        skipped += result.failed
+        records += _shape_records(built, work, result, memory.kind, peak_tflops, progress)
+        for driver in built.drivers.values():
+            driver.release()  # this shape's buffers and graphs: a sweep must not pile them up
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if on_shape is not None and done < len(shapes):
+            on_shape({**document(), "incomplete": f"{done} of {len(shapes)} shapes measured"})
+    return document()
+
+
+def _shape_records(
+    built: Built,
+    work: Workload,
+    result: ShapeResult,
+    memory_kind: str,
+    peak_tflops: float | None,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """One record per backend measured at this shape, with its ratios to the baseline and to the floor."""
+    records = [
+        _record(name, work, result, memory_kind, built.precision[name])
+        for name in built.drivers
+        if name in result.samples
+    ]
+    add_ratios(records)
+    add_floor(records, costs.cost_key(built.config), peak_tflops)
+    for r in records:
+        speedup = r.get("speedup_vs_baseline", {}).get("end_to_end")
+        note = f" ({speedup:.2f}x {BASELINE})" if speedup else ""
+        progress(f"  {r['backend']}: end to end {r['timings_s']['end_to_end']['median'] * 1e3:.1f} ms{note}")
+    return records
 
 
 def _workload(cfg: SuiteConfig, height: int, width: int, batch: int) -> Workload:

@@ -3,7 +3,9 @@
 Stable Cascade's full Stage C overflows in fp16 (NaNs / black images: diffusers #6970, ComfyUI #2824, and
 Stability's own model card); NVIDIA's demo ships it in bf16. Stage B, Stage A, the text and image encoders and
 the lite Stage C are reported fp16-safe. `auto` therefore means bf16 for the full Stage C and fp16 for the rest
-on a GPU, and fp32 everywhere on a CPU (ONNX Runtime's CPU provider has no fp16 kernels for most ops).
+on a GPU. On a CPU it means bf16 for the torch backend where the CPU computes bf16 natively (AVX512-BF16 or
+AMX: `devices.cpu_has_native_bf16`), and fp32 everywhere else: on CPUs without it, for ONNX Runtime's CPU
+provider (no fp16/bf16 kernels for most ops) and so for exports made on a CPU, which are for that provider.
 
 TensorRT 11 builds strongly typed networks only, so the precision must live in the ONNX graph: the policy is
 applied when the graph is made (the module is exported in the policy's dtype), and the same dtypes applied to
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cascade_trt.configs import CascadeConfig
+from cascade_trt.devices import cpu_has_native_bf16
 from cascade_trt.errors import PrecisionError
 from cascade_trt.stages import STAGE_NAMES
 
@@ -71,15 +74,17 @@ class PrecisionPolicy:
         """Turn a user's choice into a per-stage policy.
 
         `precision` is "auto", one precision for every stage, or a dict of stage -> precision (stages left out
-        take "auto"). An explicit fp16 on a stage known to overflow is honoured with a warning. fp16 or bf16 for
-        ONNX Runtime on the CPU is refused: its CPU provider lacks those kernels.
+        take "auto"). `target` is what runs (or is made from) the stages: "torch", "onnxruntime", "tensorrt"
+        or "onnx" (an export). An explicit fp16 on a stage known to overflow is honoured with a warning. fp16
+        or bf16 for ONNX Runtime on the CPU is refused: its CPU provider lacks those kernels.
         """
         on_cpu = torch.device(device).type == "cpu"
         unsafe = fp16_unsafe_stages(config)
+        cpu_auto = "bf16" if on_cpu and target == "torch" and cpu_has_native_bf16() else "fp32"
 
         def auto(stage: str) -> str:
             if on_cpu:
-                return "fp32"
+                return cpu_auto
             return "bf16" if stage in unsafe else "fp16"
 
         chosen = precision if isinstance(precision, dict) else dict.fromkeys(STAGE_NAMES, precision)

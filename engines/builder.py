@@ -10,9 +10,11 @@ graph must already be in the precision the policy chose; it is then fixed for Te
 is TensorRT 10's other way: an fp32 graph, with the FP16 or BF16 builder flag letting TensorRT choose per layer.
 
 Everything before `import tensorrt` (stage selection, precision policy, graph checks, profiles) is plain code;
-`_build_plan` is the only function that talks to TensorRT. A build writes the engine to a temporary file, renames
-it into place, and writes its manifest last, so a failed or killed build never leaves an engine that looks
-valid. A rebuild whose content key matches the manifest on disk is skipped.
+`_build_plan` is the only function that talks to TensorRT. Before it runs, `check_plans` holds every graph, as
+the passes leave it, against TensorRT's published ONNX operator support (`op_support`), so a graph the parser
+would refuse fails in seconds with the nodes named, not minutes into a build. A build writes the engine to a
+temporary file, renames it into place, and writes its manifest last, so a failed or killed build never leaves
+an engine that looks valid. A rebuild whose content key matches the manifest on disk is skipped.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from cascade_trt.artifacts import (
 from cascade_trt.engines.availability import import_tensorrt, tensorrt_major
 from cascade_trt.engines.manifest import Target, cache_key, engine_manifest, onnx_identity
 from cascade_trt.engines.onnx_stage import OnnxStage, policy_config, select_exported
+from cascade_trt.engines.op_support import check_graph
 from cascade_trt.engines.passes import apply_passes, passes_for
 from cascade_trt.engines.profiles import BuildShapes, profiles_to_json
 from cascade_trt.errors import ArtifactMismatchError, CascadeError, ConfigError
@@ -98,6 +101,20 @@ def plan_builds(
     return plans
 
 
+def prepared_graph(plan: StagePlan) -> Any:
+    """The graph TensorRT parses for `plan`: the exported one, without its weights, rewritten by the plan's
+    passes. Weights stay on disk: the parser resolves them from the export directory."""
+    import onnx
+
+    return apply_passes(onnx.load(str(plan.stage.path), load_external_data=False), plan.passes)
+
+
+def check_plans(plans: list[StagePlan], *, tensorrt: str | tuple[int, int]) -> None:
+    """ArtifactMismatchError, naming the nodes, for a graph TensorRT `tensorrt`'s ONNX parser would refuse."""
+    for plan in plans:
+        check_graph(plan.stage.path, prepared_graph(plan), tensorrt=tensorrt)
+
+
 def check_graph_precision(stage: OnnxStage, precision: str, *, strongly_typed: bool) -> None:
     """The exported graph must carry the precision asked (strongly typed), or be fp32 (weakly typed)."""
     have = stage.precision
@@ -130,6 +147,7 @@ def build_engines(
     trt = import_tensorrt()  # first: without TensorRT nothing below can help
     plans = plan_builds(onnx_dir, precision=precision, stages=stages, options=options)
     _check_typing_supported(trt, options)
+    check_plans(plans, tensorrt=trt.__version__)
     target = Target.current(trt, device)
     built = {}
     # TensorRT builds on the current CUDA device: make it the one the manifests name.
@@ -240,17 +258,13 @@ def _build_plan(trt: Any, plan: StagePlan, options: BuildOptions, *, log_step: C
 
 def _parse(trt: Any, builder: Any, logger: Any, plan: StagePlan, *, strongly_typed: bool) -> tuple[Any, Any]:
     """The network of the rewritten graph, and the parser that must outlive it."""
-    import onnx
-
     flags = 0
     if strongly_typed and tensorrt_major(trt.__version__) < 11:  # always on (and the flag deprecated) in 11
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    # Weights stay on disk: the rewritten graph is parsed from memory with `path` set to the original file,
-    # so its external data resolves from the export directory.
-    model = apply_passes(onnx.load(str(plan.stage.path), load_external_data=False), plan.passes)
-    if not parser.parse(model.SerializeToString(), str(plan.stage.path)):
+    # Parsed from memory with `path` set to the original file, so the external data resolves from there.
+    if not parser.parse(prepared_graph(plan).SerializeToString(), str(plan.stage.path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT could not parse {plan.stage.path}: {errors}")
     inputs = {network.get_input(i).name for i in range(network.num_inputs)}

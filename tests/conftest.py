@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,3 +50,23 @@ def tiny_checkpoints(tiny_prior: Path, tiny_decoder: Path) -> CheckpointPair:
     from cascade_trt.checkpoints import CheckpointPair
 
     return CheckpointPair.resolve(tiny_prior, tiny_decoder)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(
+    tiny_checkpoints: CheckpointPair, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], dict[str, Path]]:
+    """Every stage of the tiny checkpoints exported in one precision ("fp32", "fp16" or "bf16"), once per
+    session and precision: `tiny_onnx("bf16")` is what `export_pipeline` returned ({stage: ONNX path}, one
+    directory). Tests share these files: copy them before changing anything."""
+    from cascade_trt.export import export_pipeline
+
+    made: dict[str, dict[str, Path]] = {}
+
+    def exported(precision: str) -> dict[str, Path]:
+        if precision not in made:
+            out = tmp_path_factory.mktemp(f"onnx_{precision}")
+            made[precision] = export_pipeline(tiny_checkpoints, out, precision=precision, progress=False)
+        return made[precision]
+
+    return exported

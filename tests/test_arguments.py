@@ -127,6 +127,7 @@ def test_the_cli_and_the_benchmarks_offer_the_registrys_backends(capsys) -> None
     assert ROWS == (
         "diffusers",
         "torch",
+        "torch-no-graphs",
         "torch-compile",
         "onnxruntime",
         "tensorrt",

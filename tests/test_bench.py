@@ -42,6 +42,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     argv = ["bench", "--preset", "tiny", "--backends", *BACKENDS, "--sizes", "256", "--batch", "1"]
     argv += ["--steps", "2", "2", "--warmup", "1", "--repeats", "2", "--device", "cpu", "--out", str(out)]
+    argv += ["--precision", "fp32"]  # `auto` is bf16 for torch on a CPU with native bf16
     # tensorrt was asked for and cannot run on a CPU: the results are written, and the exit status says so.
     assert main(argv) == 1
     return out
@@ -132,6 +133,8 @@ def test_compare_shows_two_files_side_by_side(run_dir: Path, doc: dict, tmp_path
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert len(rows) == len(doc["records"])
     assert all(row.count("(2.00)") == 5 for row in rows)  # five stage columns, each B/A = 2
+    x, y = (d["records"][0]["timings_s"]["end_to_end"]["median"] for d in (doc, slower))
+    assert rows[0].endswith(f"| {report.fmt_ms(x)} → {report.fmt_ms(y)} (2.00) |"), "the tables' ms format"
     # The --out directories themselves are accepted too.
     assert main(["bench", "--compare", str(run_dir), str(b.parent)]) == 0
 
@@ -296,8 +299,10 @@ def test_backend_choice_and_skip_reasons() -> None:
     assert run[0] == "diffusers" and "torch" in run
     assert "torch-compile" in reasons and "--backends" in reasons["torch-compile"]  # only when asked for
     assert "CUDA" in reasons["tensorrt"]
-    run, skipped = choose_backends(("torch-compile", "warp-drive"), cpu)
-    assert run == ["torch-compile"] and skipped[0]["backend"] == "warp-drive"
+    # Without CUDA graphs the torch row would repeat itself on a CPU: only when asked for.
+    assert "torch-no-graphs" in reasons and "--backends" in reasons["torch-no-graphs"]
+    run, skipped = choose_backends(("torch-compile", "torch-no-graphs", "warp-drive"), cpu)
+    assert run == ["torch-compile", "torch-no-graphs"] and skipped[0]["backend"] == "warp-drive"
 
 
 def test_a_cuda_run_needs_a_warm_up_call() -> None:
@@ -358,3 +363,121 @@ def test_checkpoints_instead_of_random_weights(tiny_prior: Path, tiny_decoder: P
     text = (out / "results.json").read_text()
     assert str(tiny_prior) not in text and str(tmp_path) not in text  # names only, never machine paths
     assert "checkpoints" in (out / "results.md").read_text().splitlines()[0]
+
+
+def test_baseline_in_its_own_precision_beside_the_runtime(tmp_path: Path) -> None:
+    """`--baseline-precision fp32` against a bf16 runtime: diffusers gets its own fp32 copies, in one run."""
+    from cascade_trt.benchmarks.suite import SuiteConfig, run_suite
+
+    cfg = SuiteConfig(
+        preset="tiny",
+        backends=("diffusers", "torch"),
+        sizes=((128, 128),),
+        steps_c=1,
+        steps_b=1,
+        warmup=0,
+        repeats=1,
+        precision="bf16",
+        baseline_precision="fp32",
+    )
+    doc = run_suite(cfg, workdir=str(tmp_path))
+    assert schema.problems(doc) == []
+    precision = {r["backend"]: set(r["precision"].values()) for r in doc["records"]}
+    assert precision == {"diffusers": {"fp32"}, "torch": {"bf16"}}
+    assert doc["config"]["baseline_precision"] == "fp32"
+    assert "`diffusers` | fp32" in report.markdown(doc) and "`torch` | bf16" in report.markdown(doc)
+
+
+def test_a_run_cut_short_keeps_the_shapes_it_finished(tmp_path: Path) -> None:
+    """Interrupted after its first of two shapes (as a timeout or Ctrl-C would), the run has left that shape's
+    results on disk, marked incomplete."""
+    from cascade_trt.benchmarks.suite import SuiteConfig, run_suite
+
+    def write_then_interrupt(partial: dict) -> None:
+        report.write_all(partial, tmp_path, chart=False)
+        raise KeyboardInterrupt
+
+    cfg = SuiteConfig(
+        preset="tiny",
+        backends=("torch",),
+        sizes=((128, 128), (256, 256)),
+        steps_c=1,
+        steps_b=1,
+        warmup=0,
+        repeats=1,
+        precision="fp32",
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(cfg, workdir=str(tmp_path), on_shape=write_then_interrupt)
+    kept = json.loads((tmp_path / "results.json").read_text())
+    assert schema.problems(kept) == []
+    assert [(r["height"], r["batch"]) for r in kept["records"]] == [(128, 1)]
+    assert kept["incomplete"] == "1 of 2 shapes measured"
+    assert "**Incomplete**" in (tmp_path / "results.md").read_text()
+    assert not (tmp_path / "results.png").exists()
+
+
+def test_without_matplotlib_the_bench_writes_json_and_markdown_and_says_how_to_get_the_chart(
+    tmp_path: Path,
+) -> None:
+    """`pip install cascade-trt` without the bench extra: no traceback after the run, tables written."""
+    import subprocess
+    import sys
+
+    argv = ["bench", "--preset", "tiny", "--backends", "torch", "--sizes", "128", "--steps", "1", "1"]
+    argv += [
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--out",
+        str(tmp_path),
+    ]
+    code = (
+        "import sys; sys.modules['matplotlib'] = None  # `import matplotlib` fails as if not installed\n"
+        "from cascade_trt.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "pip install 'cascade-trt[bench]'" in run.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"results.json", "results.md"}
+    md = (tmp_path / "results.md").read_text()
+    assert "`torch`" in md and "results.png" not in md
+
+
+def test_negative_loop_overhead_on_a_cpu_is_explained_not_shown(doc: dict) -> None:
+    cpu = copy.deepcopy(doc)
+    record = next(r for r in cpu["records"] if "loop_overhead" in r)
+    record["loop_overhead"]["stage_c"] = -0.05
+    text = report.markdown(cpu)
+    assert "| n/r |" in text and report.CPU_NEGATIVE_OVERHEAD in text
+    gpu = copy.deepcopy(cpu)
+    # On CUDA a captured step can beat the eager bare forward: there the negative figure is a result.
+    gpu["environment"].update(device_type="cuda", driver="580.159.04")
+    text = report.markdown(gpu)
+    assert "-5.0%" in text and report.CPU_NEGATIVE_OVERHEAD not in text
+
+
+def test_targets_read_the_1024_records(doc: dict) -> None:
+    from cascade_trt.benchmarks import targets
+
+    assert targets.verdicts(doc) == []  # the tiny run is at 256 px: no target applies
+    records = [{**copy.deepcopy(r), "height": 1024, "width": 1024} for r in doc["records"]]
+    torch_record = next(r for r in records if r["backend"] == "torch")
+    torch_record["speedup_vs_baseline"]["end_to_end"] = 3.5
+    torch_record["loop_overhead"] = {"stage_c": 0.01, "stage_b": 0.03}
+    torch_record["floor_fraction"] = {"end_to_end": 0.5}
+    found = targets.verdicts({**doc, "records": records})
+    assert "diffusers" not in {v.backend for v in found}  # the baseline is what the others are measured by
+    speed, overhead, floor = (v for v in found if v.backend == "torch")
+    assert speed.measured == "3.50×" and speed.met is True
+    assert overhead.measured == "C +1.0%, B +3.0%" and overhead.met is False
+    assert floor.measured == "2.00× the floor" and floor.met is False
+    assert "| end to end ≥ 3× diffusers eager | `torch` | 1 | 3.50× | met |" in targets.table(
+        {**doc, "records": records}
+    )

@@ -43,9 +43,8 @@ COMPONENT_DIRS = {
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_checkpoints: CheckpointPair, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("onnx")
-    return export_pipeline(tiny_checkpoints, out, precision="fp32", progress=False)
+def exported(tiny_onnx) -> dict[str, Path]:
+    return tiny_onnx("fp32")
 
 
 @pytest.fixture(scope="module")

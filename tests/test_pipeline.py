@@ -64,13 +64,8 @@ def reference(dirs):
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(tiny_checkpoints, tmp_path_factory) -> Path:
-    from cascade_trt.export import export_pipeline
-
-    out = tmp_path_factory.mktemp("onnx")
-    stages = ["text_encoder", "stage_c", "stage_b", "stage_a"]
-    export_pipeline(tiny_checkpoints, out, precision="fp32", stages=stages, progress=False)
-    return out
+def onnx_dir(tiny_onnx) -> Path:
+    return tiny_onnx("fp32")["stage_a"].parent
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +75,9 @@ def pipes(dirs, request) -> dict[str, CascadePipeline]:
     class Lazy(dict):
         def __missing__(self, backend: str) -> CascadePipeline:
             onnx = request.getfixturevalue("onnx_dir") if backend == "onnxruntime" else None
-            pipe = CascadePipeline.from_pretrained(*dirs, backend=backend, device="cpu", onnx_dir=onnx)
+            pipe = CascadePipeline.from_pretrained(
+                *dirs, backend=backend, device="cpu", precision="fp32", onnx_dir=onnx
+            )  # fp32 as diffusers runs: on a CPU with bf16, `auto` would pick bf16 for torch
             pipe.set_progress_bar_config(disable=True)
             self[backend] = pipe
             return pipe
@@ -244,7 +241,9 @@ def test_text_encoder_runs_once_per_call_for_both_stages(pipes):
 def test_torch_compile_matches_eager(dirs, pipes):
     """`compile=True` runs every stage through torch.compile (Inductor on the CPU); it may reorder float
     arithmetic, so the images agree with eager within fp32 accumulation noise, not bit for bit."""
-    compiled = CascadePipeline.from_pretrained(*dirs, backend="torch", device="cpu", compile=True)
+    compiled = CascadePipeline.from_pretrained(
+        *dirs, backend="torch", device="cpu", precision="fp32", compile=True
+    )
     compiled.set_progress_bar_config(disable=True)
     assert all(runner.forward is not runner.module for runner in compiled.runners.values())
     assert torch._dynamo.config.recompile_limit >= 64  # a size sweep stays compiled past Dynamo's default 8
@@ -384,7 +383,7 @@ def test_nan_in_a_stage_is_named_with_the_fix(tiny_checkpoints):
     components = load_components(tiny_checkpoints)
     with torch.no_grad():
         next(components.stage_b.parameters()).fill_(float("nan"))
-    pipe = CascadePipeline.from_components(components, backend="torch", device="cpu")
+    pipe = CascadePipeline.from_components(components, backend="torch", device="cpu", precision="fp32")
     pipe.set_progress_bar_config(disable=True)
     with pytest.raises(
         NonFiniteOutputError,
@@ -402,6 +401,7 @@ def test_generate_cli_writes_the_pipeline_image(dirs, pipes, tmp_path):
     argv = ["generate", "a cat", "--prior", str(dirs[0]), "--decoder", str(dirs[1]), "--device", "cpu"]
     argv += ["--seed", "3", "--out", str(out), "--height", "128", "--width", "256", "--prior-steps", "3"]
     argv += ["--decoder-steps", "2", "--decoder-guidance", "2.0", "--negative-prompt", "dog", "--no-progress"]
+    argv += ["--precision", "fp32"]  # what the pipeline it is compared with runs
     assert main(argv) == 0
     expected = pipes["torch"](
         "a cat",
@@ -513,11 +513,14 @@ def test_a_shape_a_graph_cannot_take_fails_before_any_stage_runs(dirs, onnx_dir,
     assert not pipe.denoiser._loops  # refused up front: Stage C never ran
 
 
+FP32_ELSEWHERE = dict.fromkeys(("text_encoder", "stage_c", "stage_b"), "fp32")  # `auto` depends on the CPU
+
+
 def test_precision_per_stage_reaches_the_runners_and_their_arithmetic(dirs, pipes):
     """Stage A alone in bf16: the stages before it compute exactly what the fp32 pipeline does, and Stage A
     computes in bf16, off from fp32 by bf16's rounding and no more."""
     pipe = CascadePipeline.from_pretrained(
-        *dirs, backend="torch", device="cpu", precision={"stage_a": "bf16"}
+        *dirs, backend="torch", device="cpu", precision={"stage_a": "bf16", **FP32_ELSEWHERE}
     )
     pipe.set_progress_bar_config(disable=True)
     assert {s: r.dtype for s, r in pipe.runners.items()} == {

@@ -1,5 +1,6 @@
 """What the subcommands' parsers share: `type=` callbacks (a bad number is refused while parsing, naming its
-flag, before any loading), the help formatter, and the checkpoint flags with the `CheckpointPair` they give."""
+flag, before any loading), the help formatter, help texts that several commands print, and the checkpoint
+flags with the `CheckpointPair` they give."""
 
 from __future__ import annotations
 
@@ -73,3 +74,10 @@ def checkpoint_pair(args: argparse.Namespace) -> CheckpointPair | None:
         prior_subfolder=args.prior_subfolder,
         decoder_subfolder=args.decoder_subfolder,
     )
+
+
+# What `--precision auto` resolves to (`PrecisionPolicy.resolve`), for every command that takes it.
+AUTO_PRECISION_HELP = (
+    "auto: on a GPU bf16 for the full Stage C and fp16 elsewhere; on a CPU bf16 for the torch backend where "
+    "the CPU has native bf16 (AVX512-BF16 or AMX), fp32 otherwise and for onnxruntime"
+)

@@ -4,7 +4,9 @@
     cascade-trt bench --compare results/a.json results/b.json
 
 Writes DIR/results.json (records with the environment), DIR/results.md (tables) and DIR/results.png
-(per-stage breakdown by backend). See benchmarks/README.md for what each figure means.
+(per-stage breakdown by backend; needs matplotlib, the `bench` extra). The JSON and markdown are rewritten
+after every measured shape, so a run cut short keeps what it finished. See benchmarks/README.md for what each
+figure means.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ import tempfile
 from pathlib import Path
 
 from cascade_trt.benchmarks import BACKENDS
-from cascade_trt.cli.argtypes import add_checkpoint_args, checkpoint_pair, non_negative_int, positive_int
+from cascade_trt.cli.argtypes import (
+    AUTO_PRECISION_HELP,
+    add_checkpoint_args,
+    checkpoint_pair,
+    non_negative_int,
+    positive_int,
+)
 from cascade_trt.errors import ConfigError
 
 
@@ -61,8 +69,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision",
         default="auto",
-        help="auto, fp32, fp16 or bf16, or per stage: stage_c=bf16,stage_b=fp16 (auto: fp32 on CPU; on GPU bf16 "
-        "for the full Stage C, fp16 elsewhere)",
+        help="auto, fp32, fp16 or bf16, or per stage: stage_c=bf16,stage_b=fp16 (default auto). "
+        + AUTO_PRECISION_HELP,
+    )
+    p.add_argument(
+        "--baseline-precision",
+        metavar="PRECISION",
+        help="diffusers' own precision, in the same forms (default: --precision's); e.g. fp32, what "
+        "diffusers runs without a torch_dtype, against the runtime's auto",
     )
     add_checkpoint_args(p, required=False, instead=", with --decoder (default: random weights of --preset)")
     p.add_argument(
@@ -146,17 +160,29 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         device=device,
         precision=parse_precision(args.precision),
+        baseline_precision=parse_precision(args.baseline_precision) if args.baseline_precision else None,
         checkpoints=checkpoint_pair(args),
         onnx_dir=args.onnx_dir,
         engine_dir=args.engine_dir,
         seed=args.seed,
     )
+    chart = report.can_plot()
+    if not chart:
+        no_chart = f"cascade-trt bench: matplotlib is not installed ({report.CHART_INSTALL}): no chart"
+        print(f"{no_chart}, JSON and markdown only", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="cascade-bench-") as workdir:
-        doc = run_suite(cfg, workdir=workdir, progress=lambda m: print(m, file=sys.stderr))
+        doc = run_suite(
+            cfg,
+            workdir=workdir,
+            progress=lambda m: print(m, file=sys.stderr),
+            on_shape=lambda partial: report.write_all(partial, args.out, chart=False),
+        )
     paths = report.write_all(doc, args.out)
     schema.check(doc)  # after writing, so a document that fails the check can still be inspected
     print(report.markdown(doc))
-    print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}", file=sys.stderr)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    if not chart:
+        print(f"cascade-trt bench: for the chart, {report.CHART_INSTALL} and run again", file=sys.stderr)
     missing = missing_backends(doc, requested=cfg.backends)
     if missing:
         print(

@@ -12,6 +12,7 @@ from cascade_trt.errors import ConfigError
 from cascade_trt.stages import STAGE_NAMES, BatchRange, SizeRange
 
 if TYPE_CHECKING:
+    from cascade_trt.engines.builder import BuildOptions
     from cascade_trt.engines.profiles import BuildShapes
 
 
@@ -61,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="TensorRT 10 only: build an fp32 graph with the FP16/BF16 builder flags",
     )
     p.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check, build nothing (no TensorRT needed): each graph's precision against the policy, and the "
+        "graph as the passes leave it against TensorRT's ONNX operator support (from TensorRT 10.1 on)",
+    )
     p.set_defaults(func=run)
 
 
@@ -95,9 +102,25 @@ def run(args: argparse.Namespace) -> int:
         optimization_level=args.optimization_level,
         timing_cache=args.timing_cache,
     )
+    if args.dry_run:
+        return dry_run(args, options)
     built = build_engines(
         args.onnx, args.out, precision=args.precision, stages=args.stages, options=options, force=args.force
     )
     for stage, path in built.items():
         print(f"{stage}: {path}")
+    return 0
+
+
+def dry_run(args: argparse.Namespace, options: BuildOptions) -> int:
+    """What `build` would build, checked as far as possible without TensorRT; ArtifactMismatchError if not."""
+    from cascade_trt.engines.availability import MIN_VERSION
+    from cascade_trt.engines.builder import check_plans, plan_builds
+
+    plans = plan_builds(args.onnx, precision=args.precision, stages=args.stages, options=options)
+    check_plans(plans, tensorrt=MIN_VERSION)
+    floor = ".".join(map(str, MIN_VERSION))
+    for plan in plans:
+        passes = ", ".join(plan.passes) or "no passes"
+        print(f"{plan.stage.name}: {plan.precision} ({passes}); TensorRT {floor}+ takes every node")
     return 0

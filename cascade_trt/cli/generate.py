@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 
 from cascade_trt.backends import BACKENDS
-from cascade_trt.cli.argtypes import DefaultsHelpFormatter, add_checkpoint_args, positive_int
+from cascade_trt.cli.argtypes import (
+    AUTO_PRECISION_HELP,
+    DefaultsHelpFormatter,
+    add_checkpoint_args,
+    positive_int,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision",
         default="auto",
         choices=["auto", "fp32", "fp16", "bf16"],
-        help="auto: fp32 on CPU; on GPU bf16 for the full Stage C, fp16 elsewhere",
+        help=AUTO_PRECISION_HELP,
     )
     p.add_argument("--onnx-dir", type=Path, help="exported ONNX models (onnxruntime backend)")
     p.add_argument("--engine-dir", type=Path, help="built TensorRT engines (tensorrt backend)")
