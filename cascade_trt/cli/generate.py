@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from cascade_trt.cli.argtypes import DefaultsHelpFormatter, positive_int
+from cascade_trt.cli.pipeline_args import add_pipeline_arguments, pipeline_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,29 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("prompt", help="the text prompt")
-    p.add_argument("--prior", required=True, help="StableCascadePriorPipeline directory or hub id")
-    p.add_argument("--decoder", required=True, help="StableCascadeDecoderPipeline directory or hub id")
     p.add_argument(
         "--out",
         required=True,
         type=Path,
         help="image file to write (format from the extension: .png, .jpg...)",
     )
-    p.add_argument(
-        "--backend",
-        default="torch",
-        choices=["torch", "onnxruntime", "tensorrt"],
-        help="what runs the stages",
-    )
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "fp16", "bf16"],
-        help="auto: fp32 on CPU; on GPU bf16 for the full Stage C, fp16 elsewhere",
-    )
-    p.add_argument("--onnx-dir", type=Path, help="exported ONNX models (onnxruntime backend)")
-    p.add_argument("--engine-dir", type=Path, help="built TensorRT engines (tensorrt backend)")
+    add_pipeline_arguments(p)
     p.add_argument("--negative-prompt", default=None, help="negative prompt (none: empty)")
     p.add_argument("--height", type=positive_int, default=1024, help="image height in px, a multiple of 128")
     p.add_argument("--width", type=positive_int, default=1024, help="image width in px, a multiple of 128")
@@ -60,10 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="seed of the CPU generator, as diffusers seeds it (none: random)",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the modules (torch backend)")
-    p.add_argument("--no-cuda-graphs", action="store_true", help="run the loops uncaptured")
-    p.add_argument("--prior-subfolder", default="prior", help="prior UNet subfolder (prior_lite for lite)")
-    p.add_argument("--decoder-subfolder", default="decoder", help="decoder UNet subfolder (decoder_lite)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -75,20 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from cascade_trt.stages import check_size
 
     check_size(args.height, args.width)  # before minutes of loading, not after
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = CascadePipeline.from_pretrained(
-        args.prior,
-        args.decoder,
-        backend=args.backend,
-        device=device,
-        precision=args.precision,
-        onnx_dir=args.onnx_dir,
-        engine_dir=args.engine_dir,
-        compile=args.compile,
-        cuda_graphs=not args.no_cuda_graphs,
-        prior_subfolder=args.prior_subfolder,
-        decoder_subfolder=args.decoder_subfolder,
-    )
+    pipe = CascadePipeline.from_pretrained(args.prior, args.decoder, **pipeline_options(args))
     pipe.set_progress_bar_config(disable=args.no_progress)
     generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     images = pipe(
