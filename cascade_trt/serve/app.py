@@ -42,7 +42,8 @@ def build(config: ServeConfig) -> Application:
         # On shutdown or scale-down a replica finishes what it holds, as long as a request may take.
         graceful_shutdown_timeout_s=config.timeout_s,
     ).bind(config)
-    return CascadeIngress.bind(model, config)
+    # The ingress holds each request as long as the model does: it drains on shutdown as long.
+    return CascadeIngress.options(graceful_shutdown_timeout_s=config.timeout_s).bind(model, config)
 
 
 def build_app(args: Mapping[str, Any]) -> Application:

@@ -47,12 +47,13 @@ def serve_forever(
         on_ready(f"serving {config.prior} + {config.decoder} at http://{host}:{port} (Ctrl-C stops)")
         _wait(stop or threading.Event())
     finally:
-        log.info("shutting down: in-flight requests finish first")
+        log.info("shutting down: the requests in flight finish first")
+        # Deleting the application drains it: each replica finishes what it holds (up to the request timeout)
+        # while the HTTP proxy still delivers the answers. serve.shutdown alone stops the proxy first.
+        serve.delete(APP_NAME)
         if embedded:
             serve.shutdown()
             ray.shutdown()
-        else:
-            serve.delete(APP_NAME)
 
 
 def _start_ray(ray: Any, address: str | None) -> None:
