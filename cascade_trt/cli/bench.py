@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from cascade_trt.benchmarks import BACKENDS
-from cascade_trt.cli.argtypes import non_negative_int, positive_int
+from cascade_trt.cli.argtypes import add_steps_argument, non_negative_int, positive_int
 from cascade_trt.errors import ConfigError
 
 
@@ -48,14 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch", nargs="+", type=positive_int, default=[1], metavar="N", help="images per call (default 1)"
     )
-    p.add_argument(
-        "--steps",
-        nargs=2,
-        type=positive_int,
-        default=[20, 10],
-        metavar=("STAGE_C", "STAGE_B"),
-        help="default 20 10",
-    )
+    add_steps_argument(p)
     p.add_argument(
         "--guidance",
         nargs=2,

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from cascade_trt.cli.argtypes import DefaultsHelpFormatter, positive_int
+from cascade_trt.cli.argtypes import DefaultsHelpFormatter, add_steps_argument, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,14 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--size", default=None, help="WIDTHxHEIGHT of every request (default: the service's first)"
     )
     p.add_argument("--n", type=positive_int, default=1, help="images per request")
-    p.add_argument(
-        "--steps",
-        nargs=2,
-        type=positive_int,
-        default=[20, 10],
-        metavar=("STAGE_C", "STAGE_B"),
-        help="steps per stage",
-    )
+    add_steps_argument(p)
     p.add_argument(
         "--timeout", type=float, default=600.0, help="seconds a request may take before it is an error"
     )

@@ -22,6 +22,8 @@ from cascade_trt.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 def serve_forever(
     config: ServeConfig,
@@ -65,18 +67,22 @@ def _start_ray(ray: Any, address: str | None) -> None:
 
 
 def _wait(stop: threading.Event) -> None:
-    """Block until `stop`, Ctrl-C or SIGTERM (the latter two arrive as KeyboardInterrupt)."""
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+    """Block until `stop`, Ctrl-C or SIGTERM. Both signals get a handler here: a shell starts a background job
+    with SIGINT ignored, and `kill -INT` should stop the service all the same."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    if main:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, _interrupt)
     try:
         while not stop.wait(timeout=1.0):
             pass
     except KeyboardInterrupt:
         pass
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
+        if main:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
