@@ -15,7 +15,7 @@ import warnings
 
 from cascade_trt.errors import CascadeError
 
-SUBCOMMANDS = ("make_tiny", "export", "build", "check", "generate", "bench")
+SUBCOMMANDS = ("make_tiny", "export", "build", "check", "generate", "bench", "serve", "bench_serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

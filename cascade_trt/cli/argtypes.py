@@ -25,6 +25,18 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def add_steps_argument(p: argparse.ArgumentParser) -> None:
+    """`--steps STAGE_C STAGE_B`, diffusers' prior and decoder step counts (Stability AI's 20 and 10)."""
+    p.add_argument(
+        "--steps",
+        nargs=2,
+        type=positive_int,
+        default=[20, 10],
+        metavar=("STAGE_C", "STAGE_B"),
+        help="denoising steps of Stage C and Stage B (default 20 10)",
+    )
+
+
 def _int(text: str) -> int:
     try:
         return int(text)

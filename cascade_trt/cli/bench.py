@@ -20,6 +20,7 @@ from cascade_trt.benchmarks import BACKENDS
 from cascade_trt.cli.argtypes import (
     AUTO_PRECISION_HELP,
     add_checkpoint_args,
+    add_steps_argument,
     checkpoint_pair,
     non_negative_int,
     positive_int,
@@ -56,9 +57,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch", nargs="+", type=positive_int, default=[1], metavar="N", help="images per call (default 1)"
     )
-    for flag, kind, (c, b) in (("--steps", positive_int, (20, 10)), ("--guidance", float, (4.0, 0.0))):
-        metavar = ("STAGE_C", "STAGE_B")
-        p.add_argument(flag, nargs=2, type=kind, default=[c, b], metavar=metavar, help=f"default {c:g} {b:g}")
+    add_steps_argument(p)
+    p.add_argument(
+        "--guidance",
+        nargs=2,
+        type=float,
+        default=[4.0, 0.0],
+        metavar=("STAGE_C", "STAGE_B"),
+        help="default 4 0",
+    )
     p.add_argument(
         "--warmup", type=non_negative_int, default=1, help="untimed calls per backend and shape (default 1)"
     )

@@ -6,12 +6,8 @@ import argparse
 from pathlib import Path
 
 from cascade_trt.backends import BACKENDS
-from cascade_trt.cli.argtypes import (
-    AUTO_PRECISION_HELP,
-    DefaultsHelpFormatter,
-    add_checkpoint_args,
-    positive_int,
-)
+from cascade_trt.cli.argtypes import DefaultsHelpFormatter, positive_int
+from cascade_trt.cli.pipeline_args import add_pipeline_arguments, pipeline_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,28 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("prompt", help="the text prompt")
-    add_checkpoint_args(p)
     p.add_argument(
         "--out",
         required=True,
         type=Path,
         help="image file to write (format from the extension: .png, .jpg...)",
     )
-    p.add_argument(
-        "--backend",
-        default="torch",
-        choices=list(BACKENDS),
-        help="what runs the stages: " + "; ".join(f"{b.name}, {b.summary}" for b in BACKENDS.values()),
-    )
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "fp16", "bf16"],
-        help=AUTO_PRECISION_HELP,
-    )
-    p.add_argument("--onnx-dir", type=Path, help="exported ONNX models (onnxruntime backend)")
-    p.add_argument("--engine-dir", type=Path, help="built TensorRT engines (tensorrt backend)")
+    add_pipeline_arguments(p)
     p.add_argument("--negative-prompt", default=None, help="negative prompt (none: empty)")
     p.add_argument("--height", type=positive_int, default=1024, help="image height in px, a multiple of 128")
     p.add_argument("--width", type=positive_int, default=1024, help="image width in px, a multiple of 128")
@@ -65,8 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="seed of the CPU generator, as diffusers seeds it (none: random)",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the modules (torch backend)")
-    p.add_argument("--no-cuda-graphs", action="store_true", help="run the loops uncaptured")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -78,20 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from cascade_trt.stages import check_size
 
     check_size(args.height, args.width)  # before minutes of loading, not after
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = CascadePipeline.from_pretrained(
-        args.prior,
-        args.decoder,
-        backend=args.backend,
-        device=device,
-        precision=args.precision,
-        onnx_dir=args.onnx_dir,
-        engine_dir=args.engine_dir,
-        compile=args.compile,
-        cuda_graphs=not args.no_cuda_graphs,
-        prior_subfolder=args.prior_subfolder,
-        decoder_subfolder=args.decoder_subfolder,
-    )
+    pipe = CascadePipeline.from_pretrained(args.prior, args.decoder, **pipeline_options(args))
     pipe.set_progress_bar_config(disable=args.no_progress)
     generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     images = pipe(
