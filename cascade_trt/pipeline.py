@@ -7,16 +7,22 @@
 benchmark can time the stages one by one. The text encoder runs once per call and feeds both stages, as in
 diffusers' combined pipeline; unlike diffusers, the negative embeddings are computed whenever either stage
 guides (diffusers crashes on prior guidance off with decoder guidance on).
+
+A pipeline may be shared by threads: its static buffers and captured graphs are per shape and not re-entrant,
+so every call (and every stage method) holds the pipeline's lock, and each returns what it returns alone.
+Calls are serialised, not run in parallel: concurrency comes from batching requests, or from replicas.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -36,6 +42,20 @@ from cascade_trt.stages import PIPELINE_STAGES, SIZE_UNIT, check_size, latent_si
 log = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _serialised(method: _Method) -> _Method:
+    """Run `method` holding the pipeline's lock. Re-entrant, so `__call__` holds it across its stages: another
+    thread's call cannot start between them, and a stage's outputs are copied out before the lock is let go."""
+
+    @functools.wraps(method)
+    def locked(self: CascadePipeline, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 @dataclass
@@ -67,7 +87,10 @@ class PromptEmbeddings:
 
 
 class CascadePipeline:
-    """Stable Cascade text-to-image on one backend. Build with `from_pretrained` or `from_components`."""
+    """Stable Cascade text-to-image on one backend. Build with `from_pretrained` or `from_components`.
+
+    Safe to share between threads: calls are serialised by a per-pipeline lock (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -89,6 +112,8 @@ class CascadePipeline:
         self.denoiser = Denoiser(self.graphs)
         self._bindings: dict[tuple[str, int, int, int], Bindings] = {}
         self._progress: dict[str, Any] = {}
+        # Guards everything above that a call writes: bindings, loops, graphs (held by `_serialised` methods).
+        self._lock = threading.RLock()
 
     # --- construction --------------------------------------------------------------------------------------
 
@@ -188,6 +213,7 @@ class CascadePipeline:
             cuda_graphs=cuda_graphs,
         )
 
+    @_serialised
     def clear_caches(self) -> None:
         """Release every shape's static buffers and captured graphs (a benchmark sweeping many sizes keeps
         one set per shape otherwise); the next call allocates and captures again."""
@@ -201,6 +227,7 @@ class CascadePipeline:
 
     # --- the stages ----------------------------------------------------------------------------------------
 
+    @_serialised
     @torch.no_grad()
     def encode_prompt(
         self,
@@ -229,6 +256,7 @@ class CascadePipeline:
             emb.negative_clip_text, emb.negative_clip_text_pooled = encode(negatives)
         return emb
 
+    @_serialised
     @torch.no_grad()
     def run_stage_c(
         self,
@@ -254,6 +282,7 @@ class CascadePipeline:
             "stage_c", batch, (height, width), num_inference_steps, guidance_scale, conditioning, generator
         )
 
+    @_serialised
     @torch.no_grad()
     def run_stage_b(
         self,
@@ -280,6 +309,7 @@ class CascadePipeline:
             "stage_b", batch, (height, width), num_inference_steps, guidance_scale, conditioning, generator
         )
 
+    @_serialised
     @torch.no_grad()
     def run_stage_a(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode Stage B latents to images (B, 3, H, W) in [0, 1] (the VQGAN scale and clamp are in the stage)."""
@@ -289,6 +319,7 @@ class CascadePipeline:
 
     # --- the whole cascade ---------------------------------------------------------------------------------
 
+    @_serialised
     @torch.no_grad()
     def __call__(
         self,
