@@ -1,9 +1,28 @@
 """The `onnxruntime` backend: runs the exported `<stage>.onnx` graphs with IO binding to the static tensors.
 
 Each shape is bound once (`bind`): ONNX Runtime reads the loop's input tensors and writes its output tensors in
-place, by address, with no copies. CPU here; on a CUDA device the CUDA (or TensorRT) execution provider where
-onnxruntime-gpu is installed. ONNX Runtime's `run` returns to the host when done, so this runner is not
-capturable: on CUDA the loop runs it uncaptured.
+place, by address, with no copies. CPU here; on a CUDA device the CUDA execution provider where onnxruntime-gpu
+is installed.
+
+How a step runs on CUDA, and why (written against ONNX Runtime's documented API; **never run here**: the
+workplace has no GPU with onnxruntime-gpu):
+
+* The CUDA provider gets `user_compute_stream`, a non-default stream the runners of one pipeline share (ONNX
+  Runtime treats stream 0 as "none"), and every run `disable_synchronize_execution_providers=1`: `execute`
+  orders that stream after torch's current one and torch's after it with events, so a step needs no host
+  synchronisation. Only when the providers are the CUDA (and CPU) ones, which take the stream; with others (the
+  TensorRT provider, say) `execute` synchronises torch's stream with the host first and ONNX Runtime its own
+  after the run, as before.
+* `capturable` stays False: a `run_with_iobinding` does host work CUDA stream capture forbids (shape nodes on
+  the CPU copy back to the host, stream clean-up synchronises), and ONNX Runtime documents no capture from the
+  outside. Its own CUDA graphs are the supported way: pass `("CUDAExecutionProvider", {"enable_cuda_graph":
+  "1"})` in `providers` and each bound shape gets its own `gpu_graph_id` (from 1; ONNX Runtime captures a
+  graph on the first runs of an id and replays it after). That needs every node on the CUDA provider, which
+  ONNX Runtime checks when the session is made.
+* IO binding's element types: numpy dtypes, which every supported ONNX Runtime takes (ONNX type numbers only
+  from 1.20: 1.19.2 answers "Not a valid numpy type"). numpy has no bfloat16 that ONNX Runtime takes (nor
+  ml_dtypes' one), so a bf16 graph needs onnxruntime 1.20 or newer, where the ONNX type number (16) is
+  accepted; older versions refuse such a graph when it is loaded, with the upgrade command.
 """
 
 from __future__ import annotations
@@ -13,11 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from cascade_trt.artifacts import missing_onnx_message, onnx_path, read_manifest
 from cascade_trt.backends.base import Bindings, StageRunner, artifact_dir
-from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, PrecisionError, ShapeError
+from cascade_trt.errors import (
+    ArtifactMismatchError,
+    BackendUnavailableError,
+    ConfigError,
+    PrecisionError,
+    ShapeError,
+)
 from cascade_trt.precision import NAMES
 from cascade_trt.provenance import check_exported_sources
 from cascade_trt.stages import COMPUTE, StageSpec
@@ -25,8 +51,17 @@ from cascade_trt.stages import COMPUTE, StageSpec
 if TYPE_CHECKING:
     from cascade_trt.components import CascadeComponents
 
-# ONNX TensorProto element types, and ONNX Runtime's type strings, of the dtypes a stage uses.
-ONNX_TYPES = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16, torch.int64: 7, torch.int32: 6}
+# IO binding element types: numpy dtypes, taken by every ONNX Runtime supported; bfloat16 has none, so its ONNX
+# TensorProto number, taken from ONNX Runtime 1.20 (`BF16_MIN_VERSION`).
+ELEMENT_TYPES: dict[torch.dtype, Any] = {
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.int64: np.int64,
+    torch.int32: np.int32,
+    torch.bfloat16: 16,
+}
+BF16_MIN_VERSION = (1, 20)
+# ONNX Runtime's type strings of the dtypes a stage uses.
 ORT_TYPES = {
     "tensor(float)": torch.float32,
     "tensor(float16)": torch.float16,
@@ -35,12 +70,15 @@ ORT_TYPES = {
     "tensor(int32)": torch.int32,
 }
 CPU_ONLY = ("CPUExecutionProvider",)
+CUDA = "CUDAExecutionProvider"
+# Providers that run on the pipeline's stream when given it: the CUDA one, and the CPU one (synchronous).
+STREAM_PROVIDERS = (CUDA, *CPU_ONLY)
 
 
 @dataclass(frozen=True)
 class OnnxRuntimeOptions:
     """Where the exported graphs are (required), and ONNX Runtime's execution providers (None: CPU on a CPU
-    device, CUDA then CPU on a GPU)."""
+    device, CUDA then CPU on a GPU). The CUDA provider's `user_compute_stream` is the backend's to set."""
 
     onnx_dir: Path | None = None
     providers: tuple[Any, ...] | None = None  # names, or (name, options) pairs, as ONNX Runtime takes them
@@ -52,10 +90,25 @@ class OnnxRuntimeOptions:
             object.__setattr__(self, "providers", tuple(self.providers))
 
 
-class OnnxRuntimeRunner(StageRunner):
-    """One exported stage in an `onnxruntime.InferenceSession`."""
+@dataclass
+class OrtBinding:
+    """What one bound shape runs with: the IO binding over the static tensors and the run's options."""
 
-    capturable = False  # `run_with_iobinding` synchronises with the host
+    io: Any
+    run_options: Any
+    graph_id: int | None = (
+        None  # ONNX Runtime's CUDA graph of this shape (`gpu_graph_id`), when it makes them
+    )
+
+
+class OnnxRuntimeRunner(StageRunner):
+    """One exported stage in an `onnxruntime.InferenceSession`.
+
+    `stream` (a non-default CUDA stream) is where the session runs when its providers take one (`stream_ordered`);
+    `load_runners` gives all stages of a pipeline the same one.
+    """
+
+    capturable = False  # ONNX Runtime's own CUDA graphs instead (module docstring)
 
     def __init__(
         self,
@@ -65,6 +118,7 @@ class OnnxRuntimeRunner(StageRunner):
         dtype: torch.dtype,
         device: torch.device | str,
         providers: tuple[Any, ...] | list[Any] | None = None,
+        stream: torch.cuda.Stream | None = None,
     ) -> None:
         super().__init__(spec, dtype, device)
         import onnxruntime as ort
@@ -72,7 +126,12 @@ class OnnxRuntimeRunner(StageRunner):
         self.path = Path(path)
         if read_manifest(self.path) is None:
             raise ArtifactMismatchError(missing_onnx_message(self.path, spec.name))
-        self.providers = _providers(ort, self.device, providers)
+        providers = _providers(ort, self.device, providers)
+        self.stream = stream if stream_ordered(self.device, providers) else None
+        self.providers = with_stream(providers, self.stream.cuda_stream if self.stream is not None else None)
+        self.cuda_graphs = self.stream is not None and cuda_graphs_enabled(self.providers)
+        self._graph_ids = 0
+        self._ort = ort
         options = ort.SessionOptions()
         # Four sessions (one per stage) run one after another, each with its own intra-op pool: threads left
         # spinning by one stage compete with the next stage's. Measured on 2 cores: 0.12 s vs 0.72 s a call.
@@ -82,6 +141,7 @@ class OnnxRuntimeRunner(StageRunner):
         self._graph_outputs = {o.name: o for o in self.session.get_outputs()}
         self._check_names()
         self._check_dtypes()
+        check_bindable(ort.__version__, {self.tensor_dtype(t.dtype) for t in spec.tensors}, self.path.name)
 
     def check_shape(self, batch: int, height: int, width: int) -> None:
         """ShapeError for a shape the graph's fixed dims cannot take (a graph exported for one size, say)."""
@@ -96,20 +156,37 @@ class OnnxRuntimeRunner(StageRunner):
                     "(`cascade-trt export`) or ask for a size and batch the graph was exported for"
                 )
 
-    def bind(self, bindings: Bindings) -> Any:
+    def bind(self, bindings: Bindings) -> OrtBinding:
         io = self.session.io_binding()
         device_type = "cuda" if self.device.type == "cuda" else "cpu"
         device_id = self.device.index or 0
         for group, bind in ((bindings.inputs, io.bind_input), (bindings.outputs, io.bind_output)):
             for name, t in group.items():
-                bind(name, device_type, device_id, ONNX_TYPES[t.dtype], list(t.shape), t.data_ptr())
-        return io
+                bind(name, device_type, device_id, ELEMENT_TYPES[t.dtype], list(t.shape), t.data_ptr())
+        graph_id = None
+        if self.cuda_graphs:  # one graph per bound shape, numbered from 1 (ONNX Runtime reserves 0)
+            self._graph_ids += 1
+            graph_id = self._graph_ids
+        options = run_options(self._ort, stream_ordered=self.stream is not None, graph_id=graph_id)
+        return OrtBinding(io, options, graph_id)
 
     def execute(self, bindings: Bindings) -> None:
-        if self.device.type == "cuda":
-            # ONNX Runtime runs on its own stream: the inputs torch wrote must be complete first.
-            torch.cuda.current_stream(self.device).synchronize()
-        self.session.run_with_iobinding(bindings.state)
+        state: OrtBinding = bindings.state
+        if self.stream is None:
+            if (
+                self.device.type == "cuda"
+            ):  # ONNX Runtime runs on a stream of its own: inputs must be complete
+                torch.cuda.current_stream(self.device).synchronize()
+            self.session.run_with_iobinding(state.io, state.run_options)
+            return
+        current = torch.cuda.current_stream(self.device)
+        if current.cuda_stream == self.stream.cuda_stream:
+            self.session.run_with_iobinding(state.io, state.run_options)
+            return
+        # Events, not host syncs: the session's stream waits for the inputs torch wrote, torch's for the outputs.
+        self.stream.wait_stream(current)
+        self.session.run_with_iobinding(state.io, state.run_options)
+        current.wait_stream(self.stream)
 
     def _check_names(self) -> None:
         for kind, want, have in (
@@ -147,11 +224,72 @@ class OnnxRuntimeRunner(StageRunner):
             )
 
 
+def stream_ordered(device: torch.device, providers: list[Any]) -> bool:
+    """Whether the session can run on the pipeline's stream: a CUDA device, and only providers that take it."""
+    names = [_name(p) for p in providers]
+    return device.type == "cuda" and CUDA in names and all(n in STREAM_PROVIDERS for n in names)
+
+
+def with_stream(providers: list[Any], stream: int | None) -> list[Any]:
+    """`providers` with the CUDA provider given `user_compute_stream` (None: unchanged). The stream is the
+    backend's: one set by the caller is refused, since `execute` orders work on the runner's own."""
+    out = []
+    for provider in providers:
+        options = dict(provider[1]) if isinstance(provider, tuple) else {}
+        if "user_compute_stream" in options:
+            raise ConfigError(
+                "the onnxruntime backend sets the CUDA provider's user_compute_stream itself (a stream shared "
+                "by the pipeline's sessions): drop it from providers"
+            )
+        if stream is not None and _name(provider) == CUDA:
+            provider = (CUDA, {**options, "user_compute_stream": str(stream)})
+        out.append(provider)
+    return out
+
+
+def cuda_graphs_enabled(providers: list[Any]) -> bool:
+    """Whether the CUDA provider was asked for ONNX Runtime's own CUDA graphs (`enable_cuda_graph`)."""
+    for provider in providers:
+        if _name(provider) == CUDA and isinstance(provider, tuple):
+            return str(provider[1].get("enable_cuda_graph", "0")).lower() in ("1", "true")
+    return False
+
+
+def run_options(ort: Any, *, stream_ordered: bool, graph_id: int | None) -> Any:
+    """The `RunOptions` of one bound shape: no host sync at the end of a run on the pipeline's stream, and the
+    shape's CUDA graph id."""
+    options = ort.RunOptions()
+    if stream_ordered:
+        options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    if graph_id is not None:
+        options.add_run_config_entry("gpu_graph_id", str(graph_id))
+    return options
+
+
+def check_bindable(version: str, dtypes: set[torch.dtype], name: str) -> None:
+    """BackendUnavailableError when this ONNX Runtime cannot bind one of `dtypes` (bf16 before 1.20)."""
+    if torch.bfloat16 in dtypes and _version(version) < BF16_MIN_VERSION:
+        need = ".".join(map(str, BF16_MIN_VERSION))
+        raise BackendUnavailableError(
+            f"{name} has bfloat16 inputs or outputs, which ONNX Runtime {version} cannot bind (numpy has no "
+            f"bfloat16 it accepts; the ONNX type number is taken from {need}): pip install "
+            f"'onnxruntime-gpu>={need}' (pip install 'cascade-trt[onnxruntime-gpu]')"
+        )
+
+
+def _version(version: str) -> tuple[int, int]:
+    parts = (version.split(".") + ["0", "0"])[:2]
+    return tuple(int(p) if p.isdigit() else 0 for p in parts)  # type: ignore[return-value]
+
+
+def _name(provider: Any) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
+
+
 def _providers(ort: Any, device: torch.device, providers: tuple[Any, ...] | list[Any] | None) -> list[Any]:
     available = ort.get_available_providers()
     if providers is not None:
-        names = [p[0] if isinstance(p, tuple) else p for p in providers]
-        missing = [n for n in names if n not in available]
+        missing = [_name(p) for p in providers if _name(p) not in available]
         if missing:
             raise BackendUnavailableError(
                 f"ONNX Runtime providers {missing} are not available (installed: {available}): "
@@ -160,16 +298,16 @@ def _providers(ort: Any, device: torch.device, providers: tuple[Any, ...] | list
         return list(providers)
     if device.type == "cpu":
         return list(CPU_ONLY)
-    if "CUDAExecutionProvider" not in available:
+    if CUDA not in available:
         raise BackendUnavailableError(
             f"ONNX Runtime here has no CUDA provider ({available}): install onnxruntime-gpu "
             "(pip install 'cascade-trt[onnxruntime-gpu]') or use device='cpu'"
         )
-    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    return [(CUDA, {"device_id": str(device.index or 0)}), *CPU_ONLY]
 
 
 def _cpu_only(providers: list[Any]) -> bool:
-    return all((p[0] if isinstance(p, tuple) else p) in CPU_ONLY for p in providers)
+    return all(_name(p) in CPU_ONLY for p in providers)
 
 
 def load_runners(
@@ -180,13 +318,26 @@ def load_runners(
     dtypes: Mapping[str, torch.dtype],
     components: CascadeComponents | None = None,
 ) -> dict[str, OnnxRuntimeRunner]:
-    """A runner per stage over `onnx_dir/<stage>.onnx`. Graphs exported from other weights than the
-    checkpoints the components were loaded from are refused before any session opens."""
+    """A runner per stage over `onnx_dir/<stage>.onnx`, all on one CUDA stream of their own on a GPU. Graphs
+    exported from other weights than the checkpoints the components were loaded from are refused before any
+    session opens."""
     directory, providers = options.onnx_dir, options.providers
     assert directory is not None  # the options refuse None
     check_exported_sources(directory, specs, components.checkpoints if components else None)
-    runners = {}
-    for name, spec in specs.items():
-        path = onnx_path(directory, name)
-        runners[name] = OnnxRuntimeRunner(spec, path, dtype=dtypes[name], device=device, providers=providers)
-    return runners
+    import onnxruntime as ort
+
+    device = torch.device(device)
+    providers = _providers(ort, device, providers)  # a missing provider is said before anything else
+    # Non-default: ONNX Runtime takes stream 0 for "no stream given". The stages run one after another on it.
+    stream = torch.cuda.Stream(device) if stream_ordered(device, providers) else None
+    return {
+        name: OnnxRuntimeRunner(
+            spec,
+            onnx_path(directory, name),
+            dtype=dtypes[name],
+            device=device,
+            providers=providers,
+            stream=stream,
+        )
+        for name, spec in specs.items()
+    }
