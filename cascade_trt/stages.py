@@ -251,7 +251,7 @@ def stage_specs(config: CascadeConfig) -> dict[str, StageSpec]:
                 TensorSpec("clip_text_pooled", ("B", 1, te.projection_dim)),
                 TensorSpec("clip_text", ("B", seq, te.hidden_size)),
             ),
-            guided=True,
+            guided=False,  # prompts and negatives are two calls (`CascadePipeline.encode_prompt`), never one batch
         ),
         "stage_c": StageSpec(
             "stage_c",

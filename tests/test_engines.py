@@ -89,10 +89,35 @@ def test_request_outside_the_engine_names_the_flag(batch: int, height: int, widt
         check_request(spec, SHAPES, batch, height, width, engine="stage_c.plan")
 
 
-def test_non_spatial_stage_ignores_image_size() -> None:
+def test_text_encoder_profile_is_the_image_batch_whatever_the_guidance() -> None:
+    """The pipeline encodes prompts and negatives in two calls of at most `--max-batch` rows each, so the text
+    encoder's engine is not doubled for guidance (and does not depend on the image size)."""
     spec = stage_specs(TINY)["text_encoder"]
-    check_request(spec, SHAPES, 8, 128, 128, engine="text_encoder.plan")
-    assert SHAPES.profiles(spec)["input_ids"].max == (8, TINY.text_seq_len)
+    assert not spec.guided
+    check_request(spec, SHAPES, 4, 128, 128, engine="text_encoder.plan")
+    assert SHAPES.profiles(spec)["input_ids"].max == (4, TINY.text_seq_len)
+    assert SHAPES.profiles(spec) == BuildShapes(SHAPES.sizes, SHAPES.batches, guidance=False).profiles(spec)
+    with pytest.raises(ShapeError, match=r"takes a batch of 1-4, asked 8: rebuild it with --max-batch 8"):
+        check_request(spec, SHAPES, 8, 128, 128, engine="text_encoder.plan")
+
+
+def test_the_pipeline_runs_the_text_encoder_at_the_prompt_batch_under_guidance() -> None:
+    """What the unguided profile relies on: under guidance the text encoder runs twice (prompts, then
+    negatives), each time at the prompt count, and the pipeline's shape check asks for that batch too."""
+    from cascade_trt import CascadePipeline
+    from cascade_trt.random_weights import random_components
+
+    pipe = CascadePipeline.from_components(random_components(TINY), backend="torch", precision="fp32")
+    runner = pipe.runners["text_encoder"]
+    run, checked = [], []
+    execute, check_shape = runner.execute, runner.check_shape
+    runner.execute = lambda bindings: (run.append(bindings.batch), execute(bindings))[1]
+    runner.check_shape = lambda batch, h, w: (checked.append(batch), check_shape(batch, h, w))[1]
+    emb = pipe.encode_prompt(["a cat", "a dog"], ["", "blurry"], num_images_per_prompt=3, guidance=True)
+    assert run == [2, 2] and emb.negative_clip_text.shape[0] == 6
+    checked.clear()
+    pipe.check_inputs(["a cat", "a dog"], height=256, width=256, num_images_per_prompt=3)
+    assert checked == [2]
 
 
 # --- manifests ---------------------------------------------------------------------------------------------
@@ -362,7 +387,7 @@ def test_spec_read_back_from_manifest_matches_the_stage_description(tmp_path: Pa
     spec = read_onnx_stage(tmp_path, "stage_c").spec
     want = stage_specs(FULL)["stage_c"]
     assert spec == want
-    assert {"text_encoder", "stage_c", "stage_b"} == GUIDED
+    assert {"stage_c", "stage_b"} == GUIDED
     assert policy_config([read_onnx_stage(tmp_path, "stage_c")]).stage_c.conditioning_dim == 2048
 
 
