@@ -3,13 +3,14 @@
 An export records in its manifest's `source` where each stage came from (`export_source`: the checkpoint as
 given, its subfolder and config.json, and a fingerprint of the weight files); the runtime compares that
 fingerprint with the checkpoints it is given (`check_exported_sources`), so a graph exported from other weights
-never runs under this checkpoint's name. `weights_hash` identifies loaded modules the same way.
+never runs under this checkpoint's name. `check_source` is that comparison for any artifact whose manifest
+carries the record (engines copy their export's). `weights_hash` identifies loaded modules the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,21 +84,36 @@ def check_exported_sources(
     Stages without a model or without a recorded fingerprint are left to the loader; without checkpoints
     (components with random weights) there is nothing to compare.
     """
-    if checkpoints is None:
-        return
     for stage in stages:
         path = onnx_path(onnx_dir, stage)
-        manifest = read_manifest(path)
-        recorded = (manifest or {}).get("source", {}).get("fingerprint")
-        if recorded is None:
-            continue
-        location = checkpoints.location(stage)
-        given = checkpoint_fingerprint(location.path)
-        if given is not None and given != recorded:
-            source = manifest["source"]
-            raise ArtifactMismatchError(
-                f"{path} was exported from other weights ({source.get('checkpoint')}, {source.get('subfolder')}) "
-                f"than the {location.kind} given here ({location.root}, {location.subfolder}): re-export it from "
-                f"this checkpoint with {export_command(Path(onnx_dir), stage)}, or pass the checkpoint it was "
-                "exported from"
-            )
+        check_source(
+            (read_manifest(path) or {}).get("source"),
+            checkpoints,
+            stage,
+            artifact=f"{path} was exported",
+            remedy=f"re-export it from this checkpoint with {export_command(Path(onnx_dir), stage)}",
+        )
+
+
+def check_source(
+    recorded: Mapping[str, Any] | None,
+    checkpoints: CheckpointPair | None,
+    stage: str,
+    *,
+    artifact: str,
+    remedy: str,
+) -> None:
+    """ArtifactMismatchError when the `source` an artifact's manifest records (`export_source`: checkpoint,
+    subfolder, fingerprint) names other weights than `checkpoints` has for `stage`. `artifact` says what was
+    made ("engines/stage_c.plan was built"), `remedy` how to make it again. Nothing to compare (no
+    checkpoints, no recorded fingerprint, no weight files) passes."""
+    if checkpoints is None or not recorded or recorded.get("fingerprint") is None:
+        return
+    location = checkpoints.location(stage)
+    given = checkpoint_fingerprint(location.path)
+    if given is not None and given != recorded["fingerprint"]:
+        raise ArtifactMismatchError(
+            f"{artifact} from other weights ({recorded.get('checkpoint')}, {recorded.get('subfolder')}) than the "
+            f"{location.kind} given here ({location.root}, {location.subfolder}): {remedy}, or pass the "
+            "checkpoint it was made from"
+        )

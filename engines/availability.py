@@ -7,6 +7,7 @@ Nothing in cascade_trt imports `tensorrt` at module level: the package, the othe
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 from cascade_trt.errors import BackendUnavailableError
 
@@ -47,3 +48,19 @@ def tensorrt_version(version: str) -> tuple[int, int]:
 def tensorrt_major(version: str) -> int:
     """Major version of a TensorRT version string ("10.8.0.43" -> 10); 0 when unreadable."""
     return tensorrt_version(version)[0]
+
+
+def construct(trt: ModuleType, name: str, *args: Any) -> Any:
+    """`trt.<name>(*args)` (Builder, Runtime, OnnxParser), or BackendUnavailableError when TensorRT could not
+    make it: its bindings raise (pybind11's "factory function returned nullptr") rather than return None, most
+    often because no CUDA device or driver is usable."""
+    try:
+        made = getattr(trt, name)(*args)
+    except (TypeError, RuntimeError) as exc:
+        raise BackendUnavailableError(
+            f"TensorRT {getattr(trt, '__version__', '?')} could not create a {name} ({exc}): check that a GPU "
+            "is visible and its driver loaded (`nvidia-smi`) and that this TensorRT supports that driver's CUDA"
+        ) from exc
+    if made is None:
+        raise BackendUnavailableError(f"TensorRT could not create a {name}: its log above says why")
+    return made

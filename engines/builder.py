@@ -37,8 +37,8 @@ from cascade_trt.artifacts import (
     read_manifest,
     write_json,
 )
-from cascade_trt.engines.availability import import_tensorrt, tensorrt_major
-from cascade_trt.engines.manifest import Target, cache_key, engine_manifest, onnx_identity
+from cascade_trt.engines.availability import construct, import_tensorrt, tensorrt_major
+from cascade_trt.engines.manifest import Target, cache_key, engine_manifest, onnx_identity, weights_source
 from cascade_trt.engines.onnx_stage import OnnxStage, policy_config, select_exported
 from cascade_trt.engines.op_support import check_graph
 from cascade_trt.engines.passes import apply_passes, passes_for
@@ -182,8 +182,14 @@ def build_engine(
         passes=plan.passes,
         target=target,
     )
+    source = weights_source(plan.stage.manifest)
     existing = read_manifest(out)
-    if not force and existing is not None and existing.get("cache_key") == key:
+    # The source too: an engine built before manifests named it is rebuilt once, so the runtime can check it.
+    if (
+        not force
+        and existing is not None
+        and (existing.get("cache_key"), existing.get("source")) == (key, source)
+    ):
         log.info("  %s is up to date (content key %s)", out, key[:12])
         return out
     start = time.monotonic()
@@ -199,6 +205,7 @@ def build_engine(
         passes=plan.passes,
         target=target,
         onnx_dir=str(onnx_dir),
+        source=source,
         build_seconds=seconds,
     )
     write_engine(out, engine, manifest)
@@ -239,21 +246,31 @@ def _stepper(stage: str, start: float) -> Callable[[str], None]:
 def _build_plan(trt: Any, plan: StagePlan, options: BuildOptions, *, log_step: Callable[[str], None]) -> Any:
     """Parse, configure and build with TensorRT; returns the serialized engine (IHostMemory)."""
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    builder = construct(trt, "Builder", logger)
     log_step(f"parsing {plan.stage.path.name} ({', '.join(plan.passes) or 'no passes'})")
     network, parser = _parse(trt, builder, logger, plan, strongly_typed=options.strongly_typed)
     config = _builder_config(trt, builder, plan, options)
     log_step(f"building {plan.precision} engine")
     engine = builder.build_serialized_network(network, config)
     del parser  # it owns the weights the network points at: only now may it go
-    if engine is None:
-        raise EngineBuildError(
-            f"TensorRT failed to build {plan.stage.name} (its log above says why); with too little memory, "
-            "lower --max-size/--max-batch or set --workspace-gib"
-        )
+    _require(
+        engine,
+        f"building {plan.stage.name}",
+        "with too little memory, lower --max-size/--max-batch or set --workspace-gib",
+    )
     if options.timing_cache is not None:
         _save_timing_cache(config, options.timing_cache)
     return engine
+
+
+def _require(result: Any, what: str, fix: str) -> Any:
+    """`result`, or EngineBuildError when TensorRT answered None or False (it logs the reason itself).
+
+    Identity, not truth: some TensorRT objects define `__bool__` (an optimization profile is "invalid" until
+    its shapes are set)."""
+    if result is None or result is False:
+        raise EngineBuildError(f"TensorRT failed {what} (its log above says why): {fix}")
+    return result
 
 
 def _parse(trt: Any, builder: Any, logger: Any, plan: StagePlan, *, strongly_typed: bool) -> tuple[Any, Any]:
@@ -261,8 +278,13 @@ def _parse(trt: Any, builder: Any, logger: Any, plan: StagePlan, *, strongly_typ
     flags = 0
     if strongly_typed and tensorrt_major(trt.__version__) < 11:  # always on (and the flag deprecated) in 11
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    network = _require(
+        builder.create_network(flags),
+        f"creating the network of {plan.stage.name} (creation flags {flags:#x})",
+        "out of host memory, or flags this TensorRT does not take: on TensorRT 10 try --weakly-typed with an fp32 "
+        "export",
+    )
+    parser = construct(trt, "OnnxParser", network, logger)
     # Parsed from memory with `path` set to the original file, so the external data resolves from there.
     if not parser.parse(prepared_graph(plan).SerializeToString(), str(plan.stage.path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -277,28 +299,24 @@ def _parse(trt: Any, builder: Any, logger: Any, plan: StagePlan, *, strongly_typ
 
 
 def _builder_config(trt: Any, builder: Any, plan: StagePlan, options: BuildOptions) -> Any:
-    config = builder.create_builder_config()
+    config = _require(builder.create_builder_config(), "creating a builder config", "out of host memory?")
     if options.workspace_gib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * 2**30))
     if options.optimization_level is not None:
         config.builder_optimization_level = options.optimization_level
     if not options.strongly_typed and plan.precision != "fp32":
         config.set_flag(trt.BuilderFlag.FP16 if plan.precision == "fp16" else trt.BuilderFlag.BF16)
-    profile = builder.create_optimization_profile()
-    for name, p in plan.profiles.items():
-        try:  # TensorRT raises (rather than returns False) on inconsistent min/opt/max
-            profile.set_shape(name, tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
-        except RuntimeError as exc:
-            raise EngineBuildError(
-                f"{plan.stage.name}: TensorRT refused the profile of {name} {p}: {exc}"
-            ) from exc
-    if config.add_optimization_profile(profile) < 0:
+    if config.add_optimization_profile(_profile(builder, plan)) < 0:  # its index, or -1
         raise EngineBuildError(
             f"TensorRT refused the optimization profile of {plan.stage.name}: {plan.profiles}"
         )
     if options.timing_cache is not None:
         data = options.timing_cache.read_bytes() if options.timing_cache.is_file() else b""
-        cache = config.create_timing_cache(data)
+        cache = _require(
+            config.create_timing_cache(data),
+            f"reading the timing cache {options.timing_cache}",
+            "delete it (it is only a cache) or pick another with --timing-cache",
+        )
         if not config.set_timing_cache(cache, ignore_mismatch=False):
             raise EngineBuildError(
                 f"the timing cache {options.timing_cache} does not fit this TensorRT/GPU: delete it or pick another"
@@ -306,6 +324,28 @@ def _builder_config(trt: Any, builder: Any, plan: StagePlan, options: BuildOptio
     return config
 
 
+def _profile(builder: Any, plan: StagePlan) -> Any:
+    """The optimization profile of `plan`, every input's min/opt/max set."""
+    profile = _require(
+        builder.create_optimization_profile(), "creating an optimization profile", "out of memory?"
+    )
+    for name, p in plan.profiles.items():
+        try:  # TensorRT raises (rather than returns False) on inconsistent min/opt/max
+            profile.set_shape(name, tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
+        except RuntimeError as exc:
+            raise EngineBuildError(
+                f"{plan.stage.name}: TensorRT refused the profile of {name} {p}: {exc}"
+            ) from exc
+    if not profile:  # `IOptimizationProfile.__bool__` is TensorRT's own validity check
+        raise EngineBuildError(
+            f"TensorRT found the optimization profile of {plan.stage.name} invalid: {plan.profiles}"
+        )
+    return profile
+
+
 def _save_timing_cache(config: Any, path: Path) -> None:
+    cache = _require(
+        config.get_timing_cache(), "reading back the timing cache", f"build without --timing-cache {path}"
+    )
     with atomic_path(path) as tmp:
-        tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+        tmp.write_bytes(memoryview(cache.serialize()))

@@ -4,6 +4,8 @@ An engine is only valid for the TensorRT version and GPU architecture that built
 parsed from, its precision and its profiles. All of that is recorded in `<stage>.json` beside `<stage>.plan`,
 together with the build flags, and hashed into a `cache_key`: a rebuild with the same inputs is skipped, and
 the runtime loads an engine only when its manifest matches, otherwise it says what differs and how to rebuild.
+The manifest also names the checkpoint the weights come from (`source`, copied from the export manifest), so
+the runtime refuses an engine built from other weights than the checkpoints it is given.
 """
 
 from __future__ import annotations
@@ -78,6 +80,16 @@ def cache_key(
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
+def weights_source(onnx_manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Which checkpoint an engine's weights come from, as its export manifest's `source` says (the checkpoint
+    as given, its kind and subfolder, and the fingerprint of its weight files); None when the export has no
+    fingerprint (random weights, or an export older than fingerprints)."""
+    source = onnx_manifest.get("source") or {}
+    if source.get("fingerprint") is None:
+        return None
+    return {key: source.get(key) for key in ("checkpoint", "kind", "subfolder", "fingerprint")}
+
+
 def engine_manifest(
     *,
     stage: str,
@@ -89,8 +101,12 @@ def engine_manifest(
     passes: list[str] | tuple[str, ...],
     target: Target,
     onnx_dir: str,
+    source: dict[str, Any] | None = None,
     build_seconds: float | None = None,
 ) -> dict[str, Any]:
+    """The manifest of one engine. `source` (`weights_source`) is provenance, not content: the ONNX sha256
+    already decides the engine, so it stays out of the `cache_key`; the runtime compares its fingerprint with
+    the checkpoints it is given, so an engine refuses other weights even without the ONNX directory."""
     return {
         "manifest_version": MANIFEST_VERSION,
         "kind": KIND,
@@ -98,6 +114,7 @@ def engine_manifest(
         "precision": precision,
         "onnx": onnx,
         "onnx_dir": str(onnx_dir),
+        "source": source,
         "shapes": shapes.to_json(),
         "profiles": profiles,
         "flags": flags,

@@ -8,8 +8,10 @@ it is (`cascade-trt check`).
 
 How it runs, and why:
 
-* Each engine is checked against its manifest (TensorRT version, GPU, precision and, given `onnx_dir`, the ONNX
-  it was built from) and deserialized once; a mismatch is an `ArtifactMismatchError` with the rebuild command.
+* Each engine is checked against its manifest (TensorRT version, GPU, precision, the checkpoint its weights
+  come from and, given `onnx_dir`, the ONNX it was built from) and deserialized once, streamed from the file
+  (`engines.plan_reader`) so a multi-GB plan is not held whole in host memory; a mismatch is an
+  `ArtifactMismatchError` with the rebuild command.
 * `allocate` (the base class) makes static torch tensors once per shape; `bind` creates an execution context
   for that shape (`ExecutionContextAllocationStrategy.USER_MANAGED`) and sets its input shapes
   (`set_input_shape`) and every tensor address (`set_tensor_address`) once. One context per shape because a
@@ -25,9 +27,11 @@ How it runs, and why:
 * A shape outside the engine's profile is a `ShapeError` naming the flag to rebuild with.
 
 Checked API names (TensorRT 10.1+ / 11 Python; 10.0 lacks the `_v2` size and the sized `set_device_memory`,
-hence the 10.1 floor): `ICudaEngine.device_memory_size_v2`, `create_execution_context`
-with `ExecutionContextAllocationStrategy`, `IExecutionContext.set_device_memory(memory, size)`, `set_input_shape`,
-`set_tensor_address`, `infer_shapes`, `get_tensor_shape`, `execute_async_v3(stream_handle)`.
+hence the 10.1 floor): `Runtime(logger)` (raises, not None, when it cannot be made), `deserialize_cuda_engine`
+(None on failure), `ICudaEngine.device_memory_size_v2`, `create_execution_context` with
+`ExecutionContextAllocationStrategy` (None on failure), `IExecutionContext.set_device_memory(memory, size)`,
+`set_input_shape` and `set_tensor_address` (False on failure), `infer_shapes` (the names it could not infer),
+`get_tensor_shape`, `execute_async_v3(stream_handle)` (False on failure). Never run against TensorRT here.
 """
 
 from __future__ import annotations
@@ -39,18 +43,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cascade_trt.artifacts import engine_path, read_manifest
+from cascade_trt.artifacts import engine_path, export_command, read_manifest
 from cascade_trt.backends.base import Bindings, StageRunner, artifact_dir
-from cascade_trt.engines.availability import import_tensorrt
-from cascade_trt.engines.manifest import Target, check_engine, io_precision, onnx_identity
+from cascade_trt.engines.availability import construct, import_tensorrt
+from cascade_trt.engines.manifest import Target, check_engine, io_precision, onnx_identity, rebuild_command
 from cascade_trt.engines.onnx_stage import read_onnx_stage
+from cascade_trt.engines.plan_reader import deserialize_plan
 from cascade_trt.engines.profiles import BuildShapes, check_profiles, check_request, profiles_from_json
-from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, ConfigError
+from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, CascadeError, ConfigError
 from cascade_trt.precision import DTYPES, NAMES
-from cascade_trt.provenance import check_exported_sources
+from cascade_trt.provenance import check_exported_sources, check_source
 from cascade_trt.stages import StageSpec
 
 if TYPE_CHECKING:
+    from cascade_trt.checkpoints import CheckpointPair
     from cascade_trt.components import CascadeComponents
 
 # TensorRT DataType member names -> torch dtypes.
@@ -64,6 +70,10 @@ TORCH_DTYPES = {
     "BOOL": torch.bool,
 }
 _LOGGER: Any = None
+
+
+class EngineExecutionError(CascadeError, RuntimeError):
+    """TensorRT refused to enqueue an engine (`execute_async_v3` returned False); its log says why."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,7 @@ class TensorRTRunner(StageRunner):
         device: torch.device | str,
         onnx_dir: str | Path | None = None,
         memory: ActivationMemory | None = None,
+        checkpoints: CheckpointPair | None = None,
     ) -> None:
         trt = import_tensorrt()
         device = _cuda_device(device)
@@ -140,6 +151,7 @@ class TensorRTRunner(StageRunner):
             onnx=onnx,
         )
         assert manifest is not None  # check_engine refuses a missing one
+        check_engine_source(manifest, self.path, checkpoints)
         #: the precision the engine computes in; `dtype` is that of its IO (fp32 for a weakly typed build)
         self.precision: str = manifest["precision"]
         super().__init__(spec, DTYPES[io_precision(manifest)], device)
@@ -147,10 +159,9 @@ class TensorRTRunner(StageRunner):
         self.profiles = profiles_from_json(manifest["profiles"])
         self._trt = trt
         with torch.cuda.device(device):
-            self._runtime = trt.Runtime(_logger(trt))
-            self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-            if self.engine is None:
-                raise ArtifactMismatchError(f"TensorRT could not deserialize {self.path}: rebuild it")
+            self._runtime = construct(trt, "Runtime", _logger(trt))
+            rebuild = rebuild_command(manifest, self.path)
+            self.engine = deserialize_plan(trt, self._runtime, self.path, rebuild=rebuild)
             self._check_io(trt)
             # TensorRT's enqueue on the legacy default stream adds device-wide syncs: uncaptured calls made
             # there run on this stream instead (captured steps already run on a side stream).
@@ -176,17 +187,16 @@ class TensorRTRunner(StageRunner):
         context per captured graph, all sharing the activation memory). The context is `bindings.state`.
         """
         tensors = {**bindings.inputs, **bindings.outputs}
-        for name, t in tensors.items():
-            if not t.is_contiguous() or t.device != self.device:
-                raise ArtifactMismatchError(
-                    f"{self.name}: {name} must be a contiguous tensor on {self.device}"
-                )
+        self._check_tensors(tensors)
         with torch.cuda.device(self.device):
             context = self.engine.create_execution_context(
                 self._trt.ExecutionContextAllocationStrategy.USER_MANAGED
             )
         if context is None:
-            raise BackendUnavailableError(f"TensorRT could not create an execution context for {self.path}")
+            raise BackendUnavailableError(
+                f"TensorRT could not create an execution context for {self.path} (its log above says why; "
+                "out of host memory, typically)"
+            )
         self.memory.attach(context)
         for name, t in bindings.inputs.items():
             if not context.set_input_shape(name, tuple(t.shape)):
@@ -194,16 +204,7 @@ class TensorRTRunner(StageRunner):
         for name, t in tensors.items():
             if not context.set_tensor_address(name, t.data_ptr()):
                 raise ArtifactMismatchError(f"{self.name}: TensorRT refused the address of {name}")
-        missing = context.infer_shapes()
-        if missing:
-            raise ArtifactMismatchError(f"{self.name}: TensorRT could not infer shapes from inputs {missing}")
-        for name, t in bindings.outputs.items():
-            have = tuple(context.get_tensor_shape(name))
-            if have != tuple(t.shape):
-                raise ArtifactMismatchError(
-                    f"{self.name}: engine gives {name} of shape {list(have)}, the stage spec says {list(t.shape)}: "
-                    "the engine was built from another graph; rebuild it"
-                )
+        self._check_output_shapes(context, bindings.outputs)
         return context
 
     def execute(self, bindings: Bindings) -> None:
@@ -216,7 +217,29 @@ class TensorRTRunner(StageRunner):
             ok = context.execute_async_v3(self._stream.cuda_stream)
             current.wait_stream(self._stream)
         if not ok:
-            raise RuntimeError(f"{self.name}: execute_async_v3 failed (TensorRT's log says why)")
+            raise EngineExecutionError(
+                f"{self.name}: TensorRT refused to enqueue it (execute_async_v3 returned False; its log says why)"
+            )
+
+    def _check_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        for name, t in tensors.items():
+            if not t.is_contiguous() or t.device != self.device:
+                raise ArtifactMismatchError(
+                    f"{self.name}: {name} must be a contiguous tensor on {self.device}"
+                )
+
+    def _check_output_shapes(self, context: Any, outputs: Mapping[str, torch.Tensor]) -> None:
+        """Every input shape is known to the context, and it gives each output the shape of its static tensor."""
+        missing = context.infer_shapes()
+        if missing:
+            raise ArtifactMismatchError(f"{self.name}: TensorRT could not infer shapes from inputs {missing}")
+        for name, t in outputs.items():
+            have = tuple(context.get_tensor_shape(name))
+            if have != tuple(t.shape):
+                raise ArtifactMismatchError(
+                    f"{self.name}: engine gives {name} of shape {list(have)}, the stage spec says {list(t.shape)}: "
+                    "the engine was built from another graph; rebuild it"
+                )
 
     def _check_io(self, trt: Any) -> None:
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
@@ -234,6 +257,22 @@ class TensorRTRunner(StageRunner):
                     f"{self.name}: {t.name} is {'an input' if is_input else 'an output'} of dtype {have} in the "
                     f"engine, the spec wants {want}: rebuild it with the precision you run"
                 )
+
+
+def check_engine_source(manifest: dict[str, Any], engine: Path, checkpoints: CheckpointPair | None) -> None:
+    """ArtifactMismatchError when the engine's weights come from another checkpoint than `checkpoints` (its
+    manifest's `source`, copied from the export at build time), naming the export and build that redo it."""
+    onnx_dir = manifest.get("onnx_dir", "ONNX_DIR")
+    check_source(
+        manifest.get("source"),
+        checkpoints,
+        manifest["stage"],
+        artifact=f"{engine} was built",
+        remedy=(
+            f"re-export it from this checkpoint with {export_command(onnx_dir, manifest['stage'])}, then rebuild "
+            f"it: `{rebuild_command(manifest, engine)}`"
+        ),
+    )
 
 
 def _cuda_device(device: torch.device | str) -> torch.device:
@@ -263,11 +302,13 @@ def load_runners(
     components: CascadeComponents | None = None,
 ) -> dict[str, TensorRTRunner]:
     """A runner per stage over `engine_dir/<stage>.plan`, all sharing one activation buffer; each engine must
-    have been built in `dtypes[stage]` (`engine_dtype` reads what it was built in)."""
+    have been built in `dtypes[stage]` (`engine_dtype` reads what it was built in) and, when the components
+    come from checkpoints, from their weights (with or without `onnx_dir`)."""
     import_tensorrt()  # the install hint comes first, whatever else is wrong
     assert options.engine_dir is not None  # the options refuse None
+    checkpoints = components.checkpoints if components else None
     if options.onnx_dir is not None:
-        check_exported_sources(options.onnx_dir, specs, components.checkpoints if components else None)
+        check_exported_sources(options.onnx_dir, specs, checkpoints)
     memory = ActivationMemory(_cuda_device(device))
     return {
         name: TensorRTRunner(
@@ -277,6 +318,7 @@ def load_runners(
             device=device,
             onnx_dir=options.onnx_dir,
             memory=memory,
+            checkpoints=checkpoints,
         )
         for name, spec in specs.items()
     }
