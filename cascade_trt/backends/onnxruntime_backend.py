@@ -96,9 +96,7 @@ class OrtBinding:
 
     io: Any
     run_options: Any
-    graph_id: int | None = (
-        None  # ONNX Runtime's CUDA graph of this shape (`gpu_graph_id`), when it makes them
-    )
+    graph_id: int | None = None  # this shape's ONNX Runtime CUDA graph (`gpu_graph_id`), when it makes them
 
 
 class OnnxRuntimeRunner(StageRunner):
@@ -173,9 +171,8 @@ class OnnxRuntimeRunner(StageRunner):
     def execute(self, bindings: Bindings) -> None:
         state: OrtBinding = bindings.state
         if self.stream is None:
-            if (
-                self.device.type == "cuda"
-            ):  # ONNX Runtime runs on a stream of its own: inputs must be complete
+            # On CUDA, ONNX Runtime runs on a stream of its own: the inputs torch wrote must be complete.
+            if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
             self.session.run_with_iobinding(state.io, state.run_options)
             return
