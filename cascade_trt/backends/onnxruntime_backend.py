@@ -3,7 +3,8 @@
 Each shape is bound once (`bind`): ONNX Runtime reads the loop's input tensors and writes its output tensors in
 place, by address, with no copies. CPU here; on a CUDA device the CUDA (or TensorRT) execution provider where
 onnxruntime-gpu is installed. ONNX Runtime's `run` returns to the host when done, so this runner is not
-capturable: on CUDA the loop runs it uncaptured.
+capturable: on CUDA the loop runs it uncaptured. Before a session opens, the graph's files are checked against
+its manifest (`artifacts.verify_artifact`: sizes and sampled chunks, every byte with `verify`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cascade_trt.artifacts import missing_onnx_message, onnx_path, read_manifest
+from cascade_trt.artifacts import missing_onnx_message, onnx_path, read_manifest, verify_artifact
 from cascade_trt.backends.base import Bindings, StageRunner, artifact_dir
 from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError, PrecisionError, ShapeError
 from cascade_trt.precision import NAMES
@@ -39,11 +40,12 @@ CPU_ONLY = ("CPUExecutionProvider",)
 
 @dataclass(frozen=True)
 class OnnxRuntimeOptions:
-    """Where the exported graphs are (required), and ONNX Runtime's execution providers (None: CPU on a CPU
-    device, CUDA then CPU on a GPU)."""
+    """Where the exported graphs are (required), ONNX Runtime's execution providers (None: CPU on a CPU
+    device, CUDA then CPU on a GPU), and whether to check every byte of the graphs against their manifests."""
 
     onnx_dir: Path | None = None
     providers: tuple[Any, ...] | None = None  # names, or (name, options) pairs, as ONNX Runtime takes them
+    verify: bool = False  # sha256 of every file; sizes and sampled chunks are always checked
 
     def __post_init__(self) -> None:
         needed = "the onnxruntime backend runs the graphs `cascade-trt export` writes"
@@ -65,6 +67,7 @@ class OnnxRuntimeRunner(StageRunner):
         dtype: torch.dtype,
         device: torch.device | str,
         providers: tuple[Any, ...] | list[Any] | None = None,
+        verify: bool = False,
     ) -> None:
         super().__init__(spec, dtype, device)
         import onnxruntime as ort
@@ -72,6 +75,7 @@ class OnnxRuntimeRunner(StageRunner):
         self.path = Path(path)
         if read_manifest(self.path) is None:
             raise ArtifactMismatchError(missing_onnx_message(self.path, spec.name))
+        verify_artifact(self.path, full=verify)
         self.providers = _providers(ort, self.device, providers)
         options = ort.SessionOptions()
         # Four sessions (one per stage) run one after another, each with its own intra-op pool: threads left
@@ -188,5 +192,7 @@ def load_runners(
     runners = {}
     for name, spec in specs.items():
         path = onnx_path(directory, name)
-        runners[name] = OnnxRuntimeRunner(spec, path, dtype=dtypes[name], device=device, providers=providers)
+        runners[name] = OnnxRuntimeRunner(
+            spec, path, dtype=dtypes[name], device=device, providers=providers, verify=options.verify
+        )
     return runners
