@@ -143,6 +143,16 @@ def test_output_paths_are_refused_before_any_model_loads(tmp_path: Path, capsys)
         assert expected in err, (out, err)
 
 
+def test_build_refuses_an_output_directory_it_cannot_write_before_anything_else(
+    tmp_path: Path, capsys
+) -> None:
+    """Before TensorRT is looked for and before the ONNX directory is read: not after minutes of building."""
+    a_file = tmp_path / "engines"
+    a_file.write_text("x")
+    err = one_line_error(["build", "--onnx", str(tmp_path / "no-onnx"), "--out", str(a_file)], capsys)
+    assert f"--out: {a_file} is a file, not a directory" in err
+
+
 # --- writes: a full disk, a killed writer ------------------------------------------------------------------
 
 

@@ -104,8 +104,7 @@ def image_format(path: Path) -> str:
     """The format PIL writes for `path`'s extension; ConfigError when PIL cannot write an RGB image in it."""
     from PIL import Image
 
-    Image.init()  # registers every format PIL ships, as `Image.save` does
-    fmt = Image.registered_extensions().get(path.suffix.lower())
+    fmt = Image.registered_extensions().get(path.suffix.lower())  # every format PIL ships, loaded
     if fmt is None or fmt not in Image.SAVE:
         raise ConfigError(
             f"--out {path}: PIL cannot write {path.suffix!r} images: use .png, .jpg, .webp or another format "
