@@ -109,7 +109,7 @@ def _load_checked(stage: str, location: Location, dtype: torch.dtype) -> torch.n
     check_weight_files(location)
     try:
         return _load(stage, location, dtype)
-    except MemoryError:
+    except (MemoryError, ImportError):  # the machine or the install, not the checkpoint
         raise
     except Exception as exc:  # the libraries' errors differ by version: say what is wrong in the checkpoint
         cause = config_disagreement(stage, location)
