@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out, ignore_errors=True)
     report = {"environment": environment(), "records": records}
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        from cascade_trt.artifacts import write_text
+
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["environment"]))
     print(markdown(records))
     return 0

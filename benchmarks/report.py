@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cascade_trt.artifacts import atomic_path
+from cascade_trt.artifacts import atomic_path, write_text
 from cascade_trt.benchmarks import targets
 from cascade_trt.benchmarks.suite import METRICS
 
@@ -39,14 +39,7 @@ COLORS = ("#8c8c8c", "#3b75af", "#ef8636", "#519e3e")
 
 def write_json(doc: dict[str, Any], path: str | Path) -> Path:
     """Strict JSON (NaN or infinity raise instead of writing non-JSON), atomically."""
-    text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
-    _write_text(path, text)
-    return Path(path)
-
-
-def _write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    return write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
@@ -70,7 +63,7 @@ def write_all(
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{stem}.png" if chart and can_plot() else None
     paths = {"json": write_json(doc, out / f"{stem}.json")}
-    _write_text(out / f"{stem}.md", markdown(doc, chart=png.name if png else None))
+    write_text(out / f"{stem}.md", markdown(doc, chart=png.name if png else None))
     paths["md"] = out / f"{stem}.md"
     if png is not None:
         paths["png"] = plot(doc, png)
@@ -312,7 +305,8 @@ def plot(doc: dict[str, Any], path: str | Path) -> Path:
     fig.legend(
         handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncols=4, fontsize=8, frameon=False
     )
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return Path(path)
 

@@ -4,7 +4,9 @@
 fetched with `huggingface_hub.snapshot_download`: cached, and offline once cached). The pair is what every
 loader takes: it knows where each stage's weights and config live (`location`), and reads the architecture
 (`config`, config.json files only, no weights) and the schedulers' settings (`schedulers`). Weights are loaded
-by `cascade_trt.components`.
+by `cascade_trt.components`, after `check_weight_files` has found each file whole (a truncated `.safetensors` is
+named as such, not left to the loader's traceback). A JSON file that does not parse is a `CheckpointError`
+naming it.
 
 Layouts (as on the hub, and as `save_pretrained` writes them):
 
@@ -18,6 +20,7 @@ The hub repositories also hold the lite models in `prior_lite/` and `decoder_lit
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +36,7 @@ HUB_IDS = {"prior": "stabilityai/stable-cascade-prior", "decoder": "stabilityai/
 # Subfolders a pipeline directory must have, beyond the UNet's own.
 REQUIRED = {"prior": ("text_encoder", "tokenizer"), "decoder": ("vqgan",)}
 HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # The pipeline and subfolder of each stage's component; None is the pipeline's UNet subfolder.
 COMPONENTS: dict[str, tuple[Kind, str | None]] = {
     "text_encoder": ("prior", "text_encoder"),
@@ -67,7 +71,7 @@ class Location:
                 f"{path} not found: {self.root} is not a Stable Cascade {self.kind} directory with a "
                 f"{self.subfolder!r} component"
             )
-        return json.loads(path.read_text())
+        return read_json(path)
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ def _validate(path: Path, kind: Kind, unet_subfolder: str) -> None:
         raise CheckpointError(f"{kind} checkpoint {str(path)!r} is a file, not a pipeline directory")
     index = path / "model_index.json"
     # Without a model_index.json there is no class to contradict the kind.
-    cls = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else PIPELINE_CLASSES[kind]
+    cls = read_json(index).get("_class_name", "") if index.is_file() else PIPELINE_CLASSES[kind]
     if cls != PIPELINE_CLASSES[kind]:
         other = next((k for k, v in PIPELINE_CLASSES.items() if v == cls), None)
         hint = f" (that is a {other} pipeline: pass it as --{other}, and a {kind} pipeline as --{kind})"
@@ -179,7 +183,70 @@ def _validate(path: Path, kind: Kind, unet_subfolder: str) -> None:
 
 def _model_index(directory: Path) -> dict[str, Any]:
     path = directory / "model_index.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file; a CheckpointError naming it when it does not parse (or is not an object)."""
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:  # json's decode error, or bytes that are not text
+        raise CheckpointError(f"{path} is not valid JSON ({exc}): {_DAMAGED}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object: {_DAMAGED}")
+    return data
+
+
+def weight_files(directory: str | Path) -> list[Path]:
+    """The weight files of a component directory, sorted by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def check_weight_files(location: Location) -> None:
+    """A CheckpointError naming the first `.safetensors` file of `location` that is not whole: shorter than its
+    header says (a copy or download cut off) or with a header that does not parse. Reads the headers only."""
+    for path in weight_files(location.path):
+        if path.suffix == ".safetensors":
+            problem = _safetensors_problem(path)
+            if problem is not None:
+                raise CheckpointError(f"{path} {problem}: {_DAMAGED}")
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """The shape of every tensor in a `.safetensors` file, from its header (no weights read)."""
+    return {
+        name: entry["shape"] for name, entry in _safetensors_header(path)[1].items() if name != "__metadata__"
+    }
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    try:
+        length, header = _safetensors_header(path)
+        data = max((e["data_offsets"][1] for n, e in header.items() if n != "__metadata__"), default=0)
+    except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
+        return f"has no valid safetensors header ({type(exc).__name__}: {exc})"
+    size, end = path.stat().st_size, 8 + length + data
+    return f"is truncated: {size:,} bytes where its header says {end:,}" if size < end else None
+
+
+def _safetensors_header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(length, header) of a `.safetensors` file, which starts with an 8-byte little-endian length and then
+    that many bytes of JSON."""
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > 100 << 20:  # the format caps headers at 100 MB: these are not a header's first bytes
+            raise ValueError(f"header length {length:,} is beyond the format's limit")
+        header = json.loads(f.read(length))
+    if not isinstance(header, dict):
+        raise TypeError(f"the header is a JSON {type(header).__name__}")
+    return length, header
+
+
+# How to get a whole checkpoint back, whichever of its files is damaged.
+_DAMAGED = "the checkpoint is damaged (a copy or download that did not finish?): fetch or copy it again"
 
 
 def _looks_like_hub_id(text: str) -> bool:

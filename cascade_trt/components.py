@@ -5,6 +5,11 @@ diffusers 0.42 can no longer load a Stable Cascade decoder *pipeline* (its model
 `PaellaVQModel`, which the pipeline loader does not resolve), but every component loads fine on its own. Each
 loads straight into its dtype, so no fp32 copy of a model is ever held. `cascade_trt.random_weights` builds the
 same components with random weights instead.
+
+What can go wrong in a checkpoint is said in its terms: a truncated weight file is named before loading
+(`check_weight_files`); when a library refuses to load a component, a config.json that disagrees with the
+weights beside it is named with the first tensor whose shape differs, and anything else is a `CheckpointError`
+naming the component's directory and the library's reason.
 """
 
 from __future__ import annotations
@@ -14,8 +19,15 @@ from typing import Any
 
 import torch
 
-from cascade_trt.checkpoints import CheckpointPair, Location
+from cascade_trt.checkpoints import (
+    CheckpointPair,
+    Location,
+    check_weight_files,
+    safetensors_shapes,
+    weight_files,
+)
 from cascade_trt.configs import CascadeConfig
+from cascade_trt.errors import CheckpointError
 from cascade_trt.stages import PIPELINE_STAGES
 
 
@@ -85,20 +97,78 @@ def load_components(
         location = checkpoints.location(stage)
         if stage == "image_encoder" and not location.exists():
             continue  # optional in a prior pipeline
-        module = _load(stage, location, dtypes.get(stage, torch.float32))
+        module = _load_checked(stage, location, dtypes.get(stage, torch.float32))
         setattr(out, stage, module.to(device).eval().requires_grad_(False))
     if out.image_encoder is not None:
         out.feature_extractor = CLIPImageProcessor.from_pretrained(text.root, subfolder="feature_extractor")
     return out
 
 
+def _load_checked(stage: str, location: Location, dtype: torch.dtype) -> torch.nn.Module:
+    """`_load`, with the checkpoint's faults said as such (see the module docstring)."""
+    check_weight_files(location)
+    try:
+        return _load(stage, location, dtype)
+    except (MemoryError, ImportError):  # the machine or the install, not the checkpoint
+        raise
+    except Exception as exc:  # the libraries' errors differ by version: say what is wrong in the checkpoint
+        cause = config_disagreement(stage, location)
+        if cause is None:
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            cause = f"could not load {stage} from {location.path} ({type(exc).__name__}: {reason})"
+        raise CheckpointError(cause) from exc
+
+
+def config_disagreement(stage: str, location: Location) -> str | None:
+    """Where a component's config.json and its weights disagree: the first tensor whose shape in the weight
+    files differs from the shape the config makes (None: no such tensor, or no way to tell)."""
+    try:
+        made = _configured_shapes(stage, location)
+    except Exception:  # a config the library cannot build at all: the loader's own error is the better one
+        return None
+    for path in weight_files(location.path):
+        if path.suffix != ".safetensors":
+            continue
+        for name, shape in safetensors_shapes(path).items():
+            if name in made and made[name] != shape:
+                return (
+                    f"{location.path / 'config.json'} disagrees with the weights in {path.name}: {name} is "
+                    f"{shape} there but {made[name]} by the config; restore the config.json that came with "
+                    "these weights"
+                )
+    return None
+
+
+_TRANSFORMERS = ("text_encoder", "image_encoder")  # the CLIP encoders; the rest are diffusers models
+
+
 def _load(stage: str, location: Location, dtype: torch.dtype) -> torch.nn.Module:
+    cls = _library_class(stage)
+    if stage in _TRANSFORMERS:  # transformers spells the dtype `dtype`
+        return cls.from_pretrained(location.root, subfolder=location.subfolder, dtype=dtype)
+    return cls.from_pretrained(location.root, subfolder=location.subfolder, torch_dtype=dtype)
+
+
+def _configured_shapes(stage: str, location: Location) -> dict[str, list[int]]:
+    """The shape of every tensor of the module the config.json describes, built on the meta device."""
+    cls = _library_class(stage)
+    with torch.device("meta"):
+        if stage in _TRANSFORMERS:
+            module = cls(cls.config_class.from_pretrained(location.root, subfolder=location.subfolder))
+        else:
+            module = cls.from_config(cls.load_config(location.root, subfolder=location.subfolder))
+    return {name: list(t.shape) for name, t in module.state_dict().items()}
+
+
+def _library_class(stage: str) -> Any:
     from diffusers import StableCascadeUNet
     from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
     from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
-    if stage in ("text_encoder", "image_encoder"):  # transformers spells the dtype `dtype`
-        cls = CLIPTextModelWithProjection if stage == "text_encoder" else CLIPVisionModelWithProjection
-        return cls.from_pretrained(location.root, subfolder=location.subfolder, dtype=dtype)
-    cls = PaellaVQModel if stage == "stage_a" else StableCascadeUNet  # diffusers spells it `torch_dtype`
-    return cls.from_pretrained(location.root, subfolder=location.subfolder, torch_dtype=dtype)
+    return {
+        "text_encoder": CLIPTextModelWithProjection,
+        "image_encoder": CLIPVisionModelWithProjection,
+        "stage_c": StableCascadeUNet,
+        "stage_b": StableCascadeUNet,
+        "stage_a": PaellaVQModel,
+    }[stage]

@@ -36,6 +36,14 @@ class ArtifactMismatchError(CascadeError, ValueError):
     """An ONNX model or engine on disk was made for something else than what is asked of it."""
 
 
+class ArtifactCorruptError(ArtifactMismatchError):
+    """An ONNX model or engine on disk is not the file its manifest describes (truncated, altered, replaced)."""
+
+
+class OutputError(CascadeError, OSError):
+    """A file could not be written where asked (disk full, no permission); nothing was left under its name."""
+
+
 class CaptureError(CascadeError, RuntimeError):
     """A denoising step could not be captured in a CUDA graph (an op that syncs with the host, say)."""
 

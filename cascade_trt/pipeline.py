@@ -131,6 +131,7 @@ class CascadePipeline:
         providers: list[Any] | None = None,
         compile: bool = False,  # noqa: A002 (diffusers-style option name)
         cuda_graphs: bool = True,
+        verify: bool = False,
         prior_subfolder: str = "prior",
         decoder_subfolder: str = "decoder",
     ) -> CascadePipeline:
@@ -138,11 +139,17 @@ class CascadePipeline:
 
         A backend that runs PyTorch modules (torch) loads the weights, each stage straight into its dtype; the
         others (onnxruntime, tensorrt) load only the tokenizer and configs and run the models in `onnx_dir` /
-        `engine_dir`, refusing graphs exported from other weights than these checkpoints.
+        `engine_dir`, refusing graphs exported from other weights than these checkpoints, and files that are not
+        those their manifests describe (sizes and sampled chunks; with `verify`, the sha256 of every byte).
         """
         # Unknown backend, missing directory, options another backend would use: said before anything loads.
         options = backend_options(
-            backend, onnx_dir=onnx_dir, engine_dir=engine_dir, providers=providers, compile=compile
+            backend,
+            onnx_dir=onnx_dir,
+            engine_dir=engine_dir,
+            providers=providers,
+            compile=compile,
+            verify=verify,
         )
         device = check_device(device)
         checkpoints = CheckpointPair.resolve(
@@ -168,6 +175,7 @@ class CascadePipeline:
         providers: list[Any] | None = None,
         compile: bool = False,  # noqa: A002
         cuda_graphs: bool = True,
+        verify: bool = False,
         schedulers: dict[str, SchedulerConfig] | None = None,
     ) -> CascadePipeline:
         """Build on already-loaded (or random-weight) components.
@@ -176,7 +184,12 @@ class CascadePipeline:
         Stage C is never held twice); the other backends use only the tokenizer and config of `components`.
         """
         options = backend_options(
-            backend, onnx_dir=onnx_dir, engine_dir=engine_dir, providers=providers, compile=compile
+            backend,
+            onnx_dir=onnx_dir,
+            engine_dir=engine_dir,
+            providers=providers,
+            compile=compile,
+            verify=verify,
         )
         if components.tokenizer is None:
             raise ConfigError("components have no tokenizer: load them with the text_encoder stage")

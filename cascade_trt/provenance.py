@@ -1,48 +1,58 @@
 """Which weights an artifact was made from: fingerprints, and the check that an ONNX export fits its checkpoint.
 
 An export records in its manifest's `source` where each stage came from (`export_source`: the checkpoint as
-given, its subfolder and config.json, and a fingerprint of the weight files); the runtime compares that
-fingerprint with the checkpoints it is given (`check_exported_sources`), so a graph exported from other weights
-never runs under this checkpoint's name. `check_source` is that comparison for any artifact whose manifest
-carries the record (engines copy their export's). `weights_hash` identifies loaded modules the same way.
+given, its subfolder and config.json, and a fingerprint of the weight files and config.json); the runtime
+compares that fingerprint with the checkpoints it is given (`check_exported_sources`), so a graph exported from
+other weights, or under another config, never runs under this checkpoint's name. `check_source` is that
+comparison for any artifact whose manifest carries the record (engines copy their export's). `weights_hash`
+identifies loaded modules the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cascade_trt.artifacts import export_command, onnx_path, read_manifest
-from cascade_trt.checkpoints import CheckpointPair
+from cascade_trt.artifacts import export_command, onnx_path, read_manifest, sample_digest
+from cascade_trt.checkpoints import CheckpointPair, Location, read_json, weight_files
 from cascade_trt.errors import ArtifactMismatchError
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-_CHUNKS, _CHUNK = 64, 4096
+# Recorded beside each fingerprint: one made by an earlier scheme (weights only, before 2) is not compared.
+FINGERPRINT_VERSION = 2
+# config.json keys that say which library wrote the file, not what the model is.
+_WRITER_KEYS = ("_diffusers_version", "transformers_version", "_name_or_path")
 
 
 def checkpoint_fingerprint(directory: str | Path) -> str | None:
-    """A short fingerprint of the weight files in a component directory, without loading them (None: none).
+    """A short fingerprint of a component directory's weight files and config.json, without loading the
+    weights (None: no weights).
 
-    File names, sizes and 64 evenly spaced 4 KiB chunks of each: a few hundred KiB read from disk, where
-    `weights_hash` must load the model. Two checkpoints with different weights (another seed, a fine-tune)
-    differ all through their files, so the sample tells them apart; it is an identity check, not a checksum.
+    Each weight file's name and `sample_digest` (size and 64 evenly spaced 4 KiB chunks: a few hundred KiB read
+    from disk, where `weights_hash` must load the model), and the config as it states the architecture
+    (`architecture_config`). Two checkpoints with different weights (another seed, a fine-tune) differ all
+    through their files, so the sample tells them apart; it is an identity check, not a checksum.
     """
-    files = sorted(p for p in Path(directory).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    files = weight_files(directory)
     if not files:
         return None
     h = hashlib.sha256()
     for path in files:
-        size = path.stat().st_size
-        h.update(f"{path.name}:{size}".encode())
-        with path.open("rb") as f:
-            for i in range(_CHUNKS):
-                f.seek(size * i // _CHUNKS)
-                h.update(f.read(_CHUNK))
+        h.update(f"{path.name}:{sample_digest(path)}".encode())
+    config = Path(directory) / "config.json"
+    if config.is_file():
+        h.update(json.dumps(architecture_config(read_json(config)), sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def architecture_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config.json without the keys that name the library version that wrote it: re-saving a checkpoint
+    with another diffusers changes those, not the model."""
+    return {key: value for key, value in config.items() if key not in _WRITER_KEYS}
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -71,18 +81,20 @@ def export_source(checkpoints: CheckpointPair, stage: str) -> dict[str, Any]:
         "subfolder": location.subfolder,
         "config": location.read_config(),
         "fingerprint": checkpoint_fingerprint(location.path),
+        "fingerprint_version": FINGERPRINT_VERSION,
     }
 
 
 def check_exported_sources(
     onnx_dir: str | Path, stages: Iterable[str], checkpoints: CheckpointPair | None
 ) -> None:
-    """Refuse ONNX models exported from other weights than `checkpoints`.
+    """Refuse ONNX models exported from other weights, or under another config.json, than `checkpoints`.
 
-    Each export manifest records the fingerprint of the weight files it was traced from; a model whose
-    fingerprint differs from the given checkpoint's would make images of another model under this one's name.
-    Stages without a model or without a recorded fingerprint are left to the loader; without checkpoints
-    (components with random weights) there is nothing to compare.
+    Each export manifest records the fingerprint of the weight files and config it was traced from; a model
+    whose fingerprint differs from the given checkpoint's would make images of another model under this one's
+    name. Where the config.json differs, that is named as the cause (an edited config disagrees with the weights
+    beside it). Stages without a model or without a recorded fingerprint are left to the loader; without
+    checkpoints (components with random weights) there is nothing to compare.
     """
     for stage in stages:
         path = onnx_path(onnx_dir, stage)
@@ -104,16 +116,39 @@ def check_source(
     remedy: str,
 ) -> None:
     """ArtifactMismatchError when the `source` an artifact's manifest records (`export_source`: checkpoint,
-    subfolder, fingerprint) names other weights than `checkpoints` has for `stage`. `artifact` says what was
-    made ("engines/stage_c.plan was built"), `remedy` how to make it again. Nothing to compare (no
-    checkpoints, no recorded fingerprint, no weight files) passes."""
+    subfolder, config, fingerprint) names other weights, or another config, than `checkpoints` has for
+    `stage`. `artifact` says what was made ("engines/stage_c.plan was built"), `remedy` how to make it again.
+    Where the config.json differs from the recorded one, that is named as the cause (an edited config
+    disagrees with the weights beside it). Nothing to compare (no checkpoints, no recorded fingerprint, no
+    weight files) passes."""
     if checkpoints is None or not recorded or recorded.get("fingerprint") is None:
         return
+    if recorded.get("fingerprint_version") != FINGERPRINT_VERSION:
+        raise ArtifactMismatchError(
+            f"{artifact} by an earlier cascade_trt, whose fingerprint of the checkpoint did not cover "
+            f"config.json: {remedy}"
+        )
     location = checkpoints.location(stage)
     given = checkpoint_fingerprint(location.path)
-    if given is not None and given != recorded["fingerprint"]:
+    if given is None or given == recorded["fingerprint"]:
+        return
+    changed = config_changes(recorded["config"], location) if "config" in recorded else ""
+    if changed:
         raise ArtifactMismatchError(
-            f"{artifact} from other weights ({recorded.get('checkpoint')}, {recorded.get('subfolder')}) than the "
-            f"{location.kind} given here ({location.root}, {location.subfolder}): {remedy}, or pass the "
-            "checkpoint it was made from"
+            f"{location.path / 'config.json'} differs from the config {artifact} with ({changed}): a "
+            f"config.json edited since disagrees with the weights beside it (restore it), or this is another "
+            f"checkpoint ({remedy})"
         )
+    raise ArtifactMismatchError(
+        f"{artifact} from other weights ({recorded.get('checkpoint')}, {recorded.get('subfolder')}) than the "
+        f"{location.kind} given here ({location.root}, {location.subfolder}): {remedy}, or pass the checkpoint "
+        "it was made from"
+    )
+
+
+def config_changes(recorded: dict[str, Any], location: Location, limit: int = 3) -> str:
+    """The architecture keys whose value differs between a recorded config and the component's config.json,
+    as "key: old -> new" (empty: none)."""
+    old, new = architecture_config(recorded), architecture_config(location.read_config())
+    keys = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    return ", ".join(f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys[:limit])

@@ -35,7 +35,7 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     `_FILL_CHUNK`, so the temporary stays small: building the full Stage C peaks at its weights plus the
     runtime (a whole-parameter temporary cost 0.35 GB more).
     """
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed % 2**64)  # a stage offset may pass 64 bits
     for name, p in module.named_parameters():
         if p.is_meta:
             continue  # no storage: an architecture built on the meta device, for its shapes and cost only

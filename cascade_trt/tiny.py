@@ -7,11 +7,12 @@ offline tokenizer. The default configuration is the `tiny` preset (a few MB, for
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from cascade_trt.artifacts import check_output_dir
+from cascade_trt.artifacts import check_output_dir, staging_dir, sync, sync_tree, write_errors
 from cascade_trt.configs import TINY, CascadeConfig
 from cascade_trt.errors import ConfigError
 from cascade_trt.random_weights import random_components
@@ -20,7 +21,12 @@ from cascade_trt.random_weights import random_components
 def make_pipelines(
     out: str | Path, config: CascadeConfig = TINY, *, seed: int = 0, overwrite: bool = False
 ) -> Path:
-    """Write `out/prior` and `out/decoder`; returns `out`. Atomic: a crash leaves no half-written pipeline."""
+    """Write `out/prior` and `out/decoder`; returns `out`.
+
+    All or nothing: both pipelines are written in staging directories beside their final names and renamed into
+    place only once both are complete, so a failure (a full disk, say) leaves `out` as it was, and removes it
+    when this call made it.
+    """
     from transformers import CLIPImageProcessor
 
     out = check_output_dir(out, "make-tiny DIR")
@@ -30,20 +36,44 @@ def make_pipelines(
         raise ConfigError(
             f"{existing[0]} already exists: choose another directory, or overwrite it (--overwrite, overwrite=True)"
         )
-    out.mkdir(parents=True, exist_ok=True)
-
     stages = ("text_encoder", "image_encoder", "stage_c", "stage_b", "stage_a")
     parts = random_components(config, stages=stages, seed=seed)
     size = config.image_encoder.image_size if config.image_encoder else 224
     parts.feature_extractor = CLIPImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )
-    prior, decoder = parts.diffusers_pipelines()
-    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-") as tmp:
-        for pipe, target in ((prior, targets[0]), (decoder, targets[1])):
-            staging = Path(tmp) / target.name
-            pipe.save_pretrained(staging)
+    pipelines = parts.diffusers_pipelines()
+    with (
+        write_errors(out),
+        _made_dirs(out),
+        staging_dir(targets[0]) as prior_dir,
+        staging_dir(targets[1]) as decoder_dir,
+    ):
+        stagings = (prior_dir, decoder_dir)
+        for pipe, staging in zip(pipelines, stagings, strict=True):
+            pipe.save_pretrained(staging / "new")
+            sync_tree(staging / "new")
+        for staging, target in zip(stagings, targets, strict=True):
             if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
+                target.rename(staging / "old")  # goes with the staging directory
+            (staging / "new").rename(target)
+        sync(out)
     return out
+
+
+@contextlib.contextmanager
+def _made_dirs(directory: Path) -> Iterator[None]:
+    """Make `directory` (and missing parents); when the block fails, remove those this call made, if empty."""
+    made = []
+    missing = directory
+    while not missing.exists():
+        made.append(missing)
+        missing = missing.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in made:  # deepest first
+            with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
+                os.rmdir(path)
+        raise

@@ -30,9 +30,11 @@ from typing import Any
 import torch
 
 from cascade_trt.artifacts import (
+    artifact_problem,
     atomic_path,
     engine_path,
     export_command,
+    file_record,
     manifest_path,
     read_manifest,
     write_json,
@@ -184,11 +186,13 @@ def build_engine(
     )
     source = weights_source(plan.stage.manifest)
     existing = read_manifest(out)
-    # The source too: an engine built before manifests named it is rebuilt once, so the runtime can check it.
+    # The source too: an engine built before manifests named it is rebuilt once, so the runtime can check it;
+    # and the engine file itself must be intact.
     if (
         not force
         and existing is not None
         and (existing.get("cache_key"), existing.get("source")) == (key, source)
+        and not artifact_problem(out, existing)
     ):
         log.info("  %s is up to date (content key %s)", out, key[:12])
         return out
@@ -214,7 +218,8 @@ def build_engine(
 
 
 def write_engine(path: str | Path, engine: Any, manifest: dict[str, Any]) -> None:
-    """Write a serialized engine (bytes or TensorRT's IHostMemory) and then its manifest, atomically.
+    """Write a serialized engine (bytes or TensorRT's IHostMemory) and then its manifest, atomically; the
+    manifest records the engine file (`files`), which the runtime checks it against.
 
     The old manifest goes before the new engine takes its name and the new manifest comes last: at no instant
     does a manifest sit beside an engine it does not describe.
@@ -224,6 +229,7 @@ def write_engine(path: str | Path, engine: Any, manifest: dict[str, Any]) -> Non
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(memoryview(engine))
+        manifest = {**manifest, "files": {"engine": file_record(tmp, name=path.name)}}
         manifest_path(path).unlink(missing_ok=True)
     write_json(manifest_path(path), manifest)
 

@@ -82,12 +82,14 @@ def cache_key(
 
 def weights_source(onnx_manifest: dict[str, Any]) -> dict[str, Any] | None:
     """Which checkpoint an engine's weights come from, as its export manifest's `source` says (the checkpoint
-    as given, its kind and subfolder, and the fingerprint of its weight files); None when the export has no
-    fingerprint (random weights, or an export older than fingerprints)."""
+    as given, its kind and subfolder, and the fingerprint of its weight files and config.json with the
+    fingerprint's scheme version; the architecture itself stays in the export manifest); None when the export
+    has no fingerprint (random weights, or an export older than fingerprints)."""
     source = onnx_manifest.get("source") or {}
     if source.get("fingerprint") is None:
         return None
-    return {key: source.get(key) for key in ("checkpoint", "kind", "subfolder", "fingerprint")}
+    keys = ("checkpoint", "kind", "subfolder", "fingerprint", "fingerprint_version")
+    return {key: source.get(key) for key in keys}
 
 
 def engine_manifest(

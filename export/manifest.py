@@ -1,8 +1,9 @@
 """The JSON manifest written beside every exported ONNX model.
 
 It says what the model is (stage, IO names, symbolic shapes, dtypes, opset, precision), where it came from
-(source checkpoint and config, a weights hash) and what made it (tool versions), plus content hashes of the
-files, so a consumer can check an artifact against what it is about to ask of it.
+(source checkpoint and config, a weights hash) and what made it (tool versions), plus each file's size, sampled
+digest and sha256 (`artifacts.file_record`), so a consumer can check an artifact against what it is about to ask
+of it, and its files against what was written (`artifacts.verify_artifact`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cascade_trt.artifacts import MANIFEST_VERSION, sha256_file, tool_versions
+from cascade_trt.artifacts import MANIFEST_VERSION, file_record, tool_versions
 from cascade_trt.export.inputs import tensor_dtype
 from cascade_trt.precision import NAMES
 from cascade_trt.provenance import weights_hash
@@ -47,9 +48,9 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest of a model file already written at `onnx_file` (its final name, possibly in staging)."""
     data_file = onnx_file.with_name(onnx_file.name + ".data")
-    files: dict[str, Any] = {"onnx": _file_record(onnx_file)}
+    files: dict[str, Any] = {"onnx": file_record(onnx_file)}
     if data_file.exists():
-        files["external_data"] = _file_record(data_file)
+        files["external_data"] = file_record(data_file)
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "kind": "onnx",
@@ -84,7 +85,3 @@ def _tensor_record(tensor: TensorSpec, compute: torch.dtype) -> dict[str, Any]:
         "dtype": str(dtype).removeprefix("torch."),
         "dynamic_axes": {str(axis): name for axis, name in tensor.dynamic_axes.items()},
     }
-
-
-def _file_record(path: Path) -> dict[str, Any]:
-    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cascade_trt.artifacts import manifest_path, write_json
+from cascade_trt.artifacts import manifest_path, staging_dir, sync, sync_tree, write_errors, write_json
 from cascade_trt.errors import ArtifactMismatchError, ConfigError
 from cascade_trt.export.inputs import example_inputs
 from cascade_trt.export.manifest import build_manifest
@@ -173,16 +171,16 @@ def staged_artifact(out_path: Path) -> Iterator[Path]:
     """A temporary directory beside `out_path`; on success its model, data and manifest replace the old ones.
 
     Until promotion nothing under the final names changes, so an export that fails or is killed leaves any
-    previous complete artifact as it was and never a partial one under the final names. Promotion removes the
-    old manifest first and writes the new one last: at every instant, a model with a manifest is complete.
+    previous complete artifact as it was and never a partial one under the final names; the staging directory
+    a killed export leaves is removed by the next export of the same stage (`artifacts.staging_dir`). Promotion
+    removes the old manifest first and writes the new one last: at every instant, a model with a manifest is
+    complete. Every file is fsynced before promotion, and the directory after it.
     """
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp"))
-    try:
+    with write_errors(out_path), staging_dir(out_path) as staging:
         yield staging
+        sync_tree(staging)
         _promote(staging, out_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        sync(out_path.parent)
 
 
 def _promote(staging: Path, out_path: Path) -> None:

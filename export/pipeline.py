@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cascade_trt.artifacts import check_output_dir, onnx_path, read_manifest, tool_versions
+from cascade_trt.artifacts import artifact_problem, check_output_dir, onnx_path, read_manifest, tool_versions
 from cascade_trt.checkpoints import CheckpointPair
 from cascade_trt.components import load_components
 from cascade_trt.devices import check_device
@@ -89,7 +89,6 @@ def is_current(path: Path, precision: str, opset: int | None, metadata: dict[str
     if manifest is None:
         return False
     source, wanted = manifest.get("source", {}), metadata["source"]
-    files = manifest.get("files", {})
     return (
         manifest.get("precision") == precision
         and (opset is None or manifest.get("opset") == opset)
@@ -98,11 +97,7 @@ def is_current(path: Path, precision: str, opset: int | None, metadata: dict[str
         and source.get("fingerprint") == wanted["fingerprint"]
         and source.get("config") == wanted["config"]
         and manifest.get("tools") == tool_versions(*TOOLS)
-        and all(
-            (path.parent / record["name"]).is_file()
-            and (path.parent / record["name"]).stat().st_size == record["bytes"]
-            for record in files.values()
-        )
+        and artifact_problem(path, manifest) is None  # a damaged model is exported again, not kept
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cascade_trt.artifacts import engine_path, manifest_path, read_manifest
+from cascade_trt.artifacts import engine_path, file_record, manifest_path, read_manifest
 from cascade_trt.configs import FULL, LITE, TINY
 from cascade_trt.engines.availability import tensorrt_version
 from cascade_trt.engines.builder import BuildOptions, plan_builds, write_engine
@@ -277,7 +277,7 @@ def test_write_engine_writes_engine_then_manifest(tmp_path: Path) -> None:
     path = engine_path(tmp_path, "stage_a")
     write_engine(path, b"PLAN", {"cache_key": "k"})
     assert path.read_bytes() == b"PLAN"
-    assert read_manifest(path) == {"cache_key": "k"}
+    assert read_manifest(path) == {"cache_key": "k", "files": {"engine": file_record(path)}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage_a.json", "stage_a.plan"]
 
 
@@ -342,7 +342,7 @@ def _fake_export(directory: Path, config, stage: str, precision: str) -> None:
         "cascade": "prior+decoder",
         "inputs": [_tensor_record(t, precision) for t in spec.inputs],
         "outputs": [_tensor_record(t, precision) for t in spec.outputs],
-        "files": {"onnx": {"sha256": "0" * 64}},
+        "files": {"onnx": file_record(directory / f"{stage}.onnx")},
         "source": source,
     }
     (directory / f"{stage}.json").write_text(json.dumps(manifest))
@@ -472,7 +472,7 @@ def test_engine_with_matching_content_key_is_kept_without_building(
     write_engine(out, b"BUILT BEFORE", manifest)
     kept = build_engine(plan, tmp_path / "engines", trt=None, target=H100, options=options, onnx_dir="onnx")
     assert kept == out and out.read_bytes() == b"BUILT BEFORE" and builds == []
-    assert read_manifest(out) == manifest
+    assert read_manifest(out) == {**manifest, "files": {"engine": file_record(out)}}
     # Another GPU: the content key differs, so the engine is built again and replaces the old one.
     b200 = Target("10.8.0.43", "B200", "10.0")
     rebuilt = build_engine(

@@ -26,7 +26,7 @@ from cascade_trt.engines.manifest import Target, engine_manifest, onnx_identity,
 from cascade_trt.engines.plan_reader import PlanFile, deserialize_plan
 from cascade_trt.engines.profiles import BuildShapes
 from cascade_trt.errors import ArtifactMismatchError, BackendUnavailableError
-from cascade_trt.provenance import checkpoint_fingerprint, export_source
+from cascade_trt.provenance import FINGERPRINT_VERSION, checkpoint_fingerprint, export_source
 from cascade_trt.stages import BatchRange, SizeRange
 
 SHAPES = BuildShapes(SizeRange.square(512, 1024, 1536), BatchRange(1, 1, 4))
@@ -230,7 +230,12 @@ def test_engine_manifest_carries_the_export_source_and_old_engines_are_rebuilt_o
         builder, "_build_plan", lambda trt, plan, options, *, log_step: builds.append(1) or b"E"
     )
     plan = _plan(tmp_path)
-    source = {"checkpoint": "stabilityai/stable-cascade-prior", "kind": "prior", "subfolder": "prior"}
+    source = {
+        "checkpoint": "stabilityai/stable-cascade-prior",
+        "kind": "prior",
+        "subfolder": "prior",
+        "fingerprint_version": FINGERPRINT_VERSION,
+    }
     plan.stage.manifest["source"].update(source, fingerprint="0123456789abcdef")
     options = BuildOptions(SHAPES)
     out = build_engine(plan, tmp_path / "engines", trt=None, target=H100, options=options, onnx_dir="onnx")

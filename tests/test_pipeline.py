@@ -422,7 +422,7 @@ def _fixed_stage_a_graph(path: Path, elem_type: int) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from cascade_trt.artifacts import write_json
+    from cascade_trt.artifacts import file_record, write_json
 
     dtype = np.float16 if elem_type == TensorProto.FLOAT16 else np.float32
     weight = numpy_helper.from_array(np.full((48, 4, 1, 1), 0.01, dtype=dtype), "weight")
@@ -437,7 +437,12 @@ def _fixed_stage_a_graph(path: Path, elem_type: int) -> None:
         initializer=[weight],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
-    write_json(path.with_suffix(".json"), {"stage": "stage_a", "precision": "fixed-shape test graph"})
+    manifest = {
+        "stage": "stage_a",
+        "precision": "fixed-shape test graph",
+        "files": {"onnx": file_record(path)},
+    }
+    write_json(path.with_suffix(".json"), manifest)
 
 
 def test_onnxruntime_refuses_shapes_and_precisions_a_graph_cannot_take(tmp_path):

@@ -23,6 +23,9 @@ workplace has no GPU with onnxruntime-gpu):
   from 1.20: 1.19.2 answers "Not a valid numpy type"). numpy has no bfloat16 that ONNX Runtime takes (nor
   ml_dtypes' one), so a bf16 graph needs onnxruntime 1.20 or newer, where the ONNX type number (16) is
   accepted; older versions refuse such a graph when it is loaded, with the upgrade command.
+
+Before a session opens, the graph's files are checked against its manifest (`artifacts.verify_artifact`:
+sizes and sampled chunks, every byte with `verify`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cascade_trt.artifacts import missing_onnx_message, onnx_path, read_manifest
+from cascade_trt.artifacts import missing_onnx_message, onnx_path, read_manifest, verify_artifact
 from cascade_trt.backends.base import Bindings, StageRunner, artifact_dir
 from cascade_trt.errors import (
     ArtifactMismatchError,
@@ -77,11 +80,13 @@ STREAM_PROVIDERS = (CUDA, *CPU_ONLY)
 
 @dataclass(frozen=True)
 class OnnxRuntimeOptions:
-    """Where the exported graphs are (required), and ONNX Runtime's execution providers (None: CPU on a CPU
-    device, CUDA then CPU on a GPU). The CUDA provider's `user_compute_stream` is the backend's to set."""
+    """Where the exported graphs are (required), ONNX Runtime's execution providers (None: CPU on a CPU
+    device, CUDA then CPU on a GPU), and whether to check every byte of the graphs against their manifests.
+    The CUDA provider's `user_compute_stream` is the backend's to set."""
 
     onnx_dir: Path | None = None
     providers: tuple[Any, ...] | None = None  # names, or (name, options) pairs, as ONNX Runtime takes them
+    verify: bool = False  # sha256 of every file; sizes and sampled chunks are always checked
 
     def __post_init__(self) -> None:
         needed = "the onnxruntime backend runs the graphs `cascade-trt export` writes"
@@ -117,6 +122,7 @@ class OnnxRuntimeRunner(StageRunner):
         device: torch.device | str,
         providers: tuple[Any, ...] | list[Any] | None = None,
         stream: torch.cuda.Stream | None = None,
+        verify: bool = False,
     ) -> None:
         super().__init__(spec, dtype, device)
         import onnxruntime as ort
@@ -124,6 +130,7 @@ class OnnxRuntimeRunner(StageRunner):
         self.path = Path(path)
         if read_manifest(self.path) is None:
             raise ArtifactMismatchError(missing_onnx_message(self.path, spec.name))
+        verify_artifact(self.path, full=verify)
         providers = _providers(ort, self.device, providers)
         self.stream = stream if stream_ordered(self.device, providers) else None
         self.providers = with_stream(providers, self.stream.cuda_stream if self.stream is not None else None)
@@ -335,6 +342,7 @@ def load_runners(
             device=device,
             providers=providers,
             stream=stream,
+            verify=options.verify,
         )
         for name, spec in specs.items()
     }

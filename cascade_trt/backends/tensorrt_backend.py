@@ -9,9 +9,10 @@ it is (`cascade-trt check`).
 How it runs, and why:
 
 * Each engine is checked against its manifest (TensorRT version, GPU, precision, the checkpoint its weights
-  come from and, given `onnx_dir`, the ONNX it was built from) and deserialized once, streamed from the file
-  (`engines.plan_reader`) so a multi-GB plan is not held whole in host memory; a mismatch is an
-  `ArtifactMismatchError` with the rebuild command.
+  come from and, given `onnx_dir`, the ONNX it was built from), its file against the manifest's record of it
+  (`artifacts.verify_artifact`), and deserialized once, streamed from the file (`engines.plan_reader`) so a
+  multi-GB plan is not held whole in host memory; a mismatch is an `ArtifactMismatchError` with the rebuild
+  command.
 * `allocate` (the base class) makes static torch tensors once per shape; `bind` creates an execution context
   for that shape (`ExecutionContextAllocationStrategy.USER_MANAGED`) and sets its input shapes
   (`set_input_shape`) and every tensor address (`set_tensor_address`) once. One context per shape because a
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cascade_trt.artifacts import engine_path, export_command, read_manifest
+from cascade_trt.artifacts import engine_path, export_command, read_manifest, verify_artifact
 from cascade_trt.backends.base import Bindings, StageRunner, artifact_dir
 from cascade_trt.engines.availability import construct, import_tensorrt
 from cascade_trt.engines.manifest import Target, check_engine, io_precision, onnx_identity, rebuild_command
@@ -79,10 +80,12 @@ class EngineExecutionError(CascadeError, RuntimeError):
 @dataclass(frozen=True)
 class TensorRTOptions:
     """Where the engines are (required), and optionally the ONNX export they were built from: each engine is
-    then checked to be built from those very graphs, and the graphs to come from the given checkpoints."""
+    then checked to be built from those very graphs, and the graphs to come from the given checkpoints.
+    `verify` checks every byte of each engine file against its manifest, not only its size and sampled chunks."""
 
     engine_dir: Path | None = None
     onnx_dir: Path | None = None
+    verify: bool = False  # sha256 of every engine file; sizes and sampled chunks are always checked
 
     def __post_init__(self) -> None:
         needed = "the tensorrt backend runs the engines `cascade-trt build` writes"
@@ -136,6 +139,7 @@ class TensorRTRunner(StageRunner):
         onnx_dir: str | Path | None = None,
         memory: ActivationMemory | None = None,
         checkpoints: CheckpointPair | None = None,
+        verify: bool = False,
     ) -> None:
         trt = import_tensorrt()
         device = _cuda_device(device)
@@ -152,6 +156,7 @@ class TensorRTRunner(StageRunner):
         )
         assert manifest is not None  # check_engine refuses a missing one
         check_engine_source(manifest, self.path, checkpoints)
+        verify_artifact(self.path, full=verify)
         #: the precision the engine computes in; `dtype` is that of its IO (fp32 for a weakly typed build)
         self.precision: str = manifest["precision"]
         super().__init__(spec, DTYPES[io_precision(manifest)], device)
@@ -319,6 +324,7 @@ def load_runners(
             onnx_dir=options.onnx_dir,
             memory=memory,
             checkpoints=checkpoints,
+            verify=options.verify,
         )
         for name, spec in specs.items()
     }

@@ -1,7 +1,7 @@
 """The `cascade-trt` command. Argument parsing lives only here: one module per subcommand, each with
 `register(subparsers)` that adds its parser and sets `func` to a function taking the parsed arguments.
 Library functions below take keyword arguments and raise typed errors; this layer turns those errors into a
-one-line message and exit status 2.
+one-line message and exit status 2 (with `-v`, the traceback first).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 import warnings
 
 from cascade_trt.errors import CascadeError
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CascadeError as exc:
+        if args.verbose:  # the error's causes (a library's own traceback, say) are for who asks for them
+            traceback.print_exc()
         print(f"cascade-trt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,6 +25,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
+
+
+def seed(text: str) -> int:
+    """A seed of torch's generator: 0 to 2**64-1 (torch would wrap a negative one, and overflow past 64 bits)."""
+    value = _int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be 0 to 2**64-1 ({SEED_MAX}), got {text!r}")
+    return value
+
+
 def add_steps_argument(p: argparse.ArgumentParser) -> None:
     """`--steps STAGE_C STAGE_B`, diffusers' prior and decoder step counts (Stability AI's 20 and 10)."""
     p.add_argument(

@@ -24,6 +24,7 @@ from cascade_trt.cli.argtypes import (
     checkpoint_pair,
     non_negative_int,
     positive_int,
+    seed,
 )
 from cascade_trt.errors import ConfigError
 
@@ -90,7 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--onnx-dir", help="ONNX graphs for onnxruntime (default: exported into a temporary directory)"
     )
     p.add_argument("--engine-dir", help="TensorRT engines for tensorrt (built with `cascade-trt build`)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the sampling noise")
+    p.add_argument(
+        "--seed", type=seed, default=0, help="seed of the random weights and of the sampling noise"
+    )
     p.add_argument(
         "--out", metavar="DIR", help="directory for results.json, results.md, results.png (required to run)"
     )
@@ -213,6 +216,7 @@ def missing_backends(doc: dict, requested: tuple[str, ...] | None) -> list[str]:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from cascade_trt.artifacts import check_output_dir, write_text
     from cascade_trt.benchmarks import report, schema
 
     docs, paths = [], []
@@ -236,8 +240,6 @@ def _compare(args: argparse.Namespace) -> int:
     names = tuple(f"{p.parent.name}/{p.name}" for p in paths)
     text = report.compare(docs[0], docs[1], names=names)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.md").write_text(text)
+        write_text(check_output_dir(args.out, "--out") / "compare.md", text)
     print(text)
     return 0

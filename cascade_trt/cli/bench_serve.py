@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cascade_trt.artifacts import atomic_path, check_output_dir
+    from cascade_trt.artifacts import check_output_dir, write_text
     from cascade_trt.benchmarks import report
     from cascade_trt.benchmarks.serve import LoadConfig, markdown
     from cascade_trt.benchmarks.serve import run as run_load
@@ -63,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
     doc = run_load(cfg, progress=lambda m: print(m, file=sys.stderr))
     report.write_json(doc, out / "serve.json")
     text = markdown(doc)
-    with atomic_path(out / "serve.md") as tmp:
-        tmp.write_text(text)
+    write_text(out / "serve.md", text)
     print(text)
     failed = sum(len(r["errors"]) for r in doc["records"])
     if failed:

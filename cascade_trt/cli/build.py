@@ -93,7 +93,10 @@ def build_shapes(args: argparse.Namespace) -> BuildShapes:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cascade_trt.artifacts import check_output_dir
     from cascade_trt.engines.builder import BuildOptions, build_engines
+
+    check_output_dir(args.out, "--out")  # before minutes of building, not after
 
     options = BuildOptions(
         shapes=build_shapes(args),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cascade_trt.cli.argtypes import seed
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("out", metavar="DIR", help="directory to write prior/ and decoder/ into")
     p.add_argument("--preset", default="tiny", help="architecture: tiny (default, ~2 MB), lite or full")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random weights")
     p.add_argument("--overwrite", action="store_true", help="replace existing prior/ and decoder/")
     p.set_defaults(func=run)
 

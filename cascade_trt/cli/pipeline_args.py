@@ -27,6 +27,12 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine-dir", type=Path, help="built TensorRT engines (tensorrt backend)")
     p.add_argument("--compile", action="store_true", help="torch.compile the modules (torch backend)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the loops uncaptured")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every byte of the ONNX models or engines against their manifests (sha256) before loading "
+        "them, not only their sizes and sampled chunks (onnxruntime and tensorrt backends)",
+    )
 
 
 def pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -41,6 +47,7 @@ def pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
         "engine_dir": args.engine_dir,
         "compile": args.compile,
         "cuda_graphs": not args.no_cuda_graphs,
+        "verify": args.verify,
         "prior_subfolder": args.prior_subfolder,
         "decoder_subfolder": args.decoder_subfolder,
     }

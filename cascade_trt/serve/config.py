@@ -49,6 +49,7 @@ class ServeConfig:
     engine_dir: str | None = None
     compile: bool = False  # noqa: A003 (CascadePipeline.from_pretrained's name)
     cuda_graphs: bool = True
+    verify: bool = False
     prior_subfolder: str = "prior"
     decoder_subfolder: str = "decoder"
     sizes: tuple[tuple[int, int], ...] = ((1024, 1024),)
@@ -93,7 +94,7 @@ class ServeConfig:
     def pipeline_options(self) -> dict[str, Any]:
         """`CascadePipeline.from_pretrained`'s keywords."""
         names = ("backend", "device", "precision", "onnx_dir", "engine_dir", "compile", "cuda_graphs")
-        names += ("prior_subfolder", "decoder_subfolder")
+        names += ("verify", "prior_subfolder", "decoder_subfolder")
         return {name: getattr(self, name) for name in names}
 
     @classmethod
@@ -129,7 +130,7 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "autoscale":
             low, high = value.replace(",", " ").split() if isinstance(value, str) else value
             return int(low), int(high)
-        if name in ("cuda_graphs", "compile") and isinstance(value, str):
+        if name in ("cuda_graphs", "compile", "verify") and isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(value)
             return value.lower() in ("true", "1")
