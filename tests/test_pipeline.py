@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pipeline_helpers import allocated
 
 from cascade_trt import CascadePipeline
 from cascade_trt.errors import CheckpointError, ConfigError, NonFiniteOutputError, ShapeError
@@ -270,7 +271,7 @@ def test_stage_methods_compose_to_call(pipes):
     ).images
     assert torch.equal(whole, images)
     pipe.clear_caches()  # buffers released: the next call allocates afresh and computes the same
-    assert not pipe.denoiser._loops and not pipe._bindings
+    assert not allocated(pipe.prior_pipe) and not allocated(pipe.decoder_pipe)
     again = pipe(
         PROMPTS, NEGATIVES, 128, 256, 2, 3, 4.0, 2, 0.0, torch.Generator().manual_seed(1), output_type="pt"
     ).images
@@ -510,7 +511,7 @@ def test_a_shape_a_graph_cannot_take_fails_before_any_stage_runs(dirs, onnx_dir,
     pipe = CascadePipeline.from_pretrained(*dirs, backend="onnxruntime", device="cpu", onnx_dir=tmp_path)
     with pytest.raises(ShapeError, match="stage_a.onnx takes latents"):
         pipe("a cat", height=256, width=384)
-    assert not pipe.denoiser._loops  # refused up front: Stage C never ran
+    assert not allocated(pipe.prior_pipe)  # refused up front: Stage C never ran
 
 
 FP32_ELSEWHERE = dict.fromkeys(("text_encoder", "stage_c", "stage_b"), "fp32")  # `auto` depends on the CPU
