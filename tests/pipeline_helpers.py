@@ -68,7 +68,12 @@ def assert_meaningful(images: np.ndarray) -> None:
     )
 
 
+def buffers(pipe: Any) -> set:
+    """The shapes a prior or decoder pipeline holds static buffers for (a stage ran at each)."""
+    runtime = pipe.runtime
+    return {*runtime.denoiser._loops, *runtime._bindings}
+
+
 def allocated(pipe: Any) -> bool:
     """Whether a prior or decoder pipeline holds static buffers of any shape (a stage ran)."""
-    runtime = pipe.runtime
-    return bool(runtime.denoiser._loops or runtime._bindings)
+    return bool(buffers(pipe))

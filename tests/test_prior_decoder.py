@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pipeline_helpers import assert_meaningful, diffusers_pipelines
+from pipeline_helpers import assert_meaningful, buffers, diffusers_pipelines
 
 from cascade_trt import CascadeDecoderPipeline, CascadePriorPipeline
+from cascade_trt.errors import ConfigError, ShapeError
 
 BACKENDS = ["torch", "onnxruntime"]
 TOLERANCE = {"torch": 0.0, "onnxruntime": 1e-3}
@@ -380,3 +381,81 @@ def test_step_callbacks_follow_diffusers_protocol(ours, reference, backend, scal
     if scale is not None:
         plain = decoder(want, prompt=PROMPTS, guidance_scale=2.0, generator=_gen(), **DECODE).images
         assert np.abs(plain - images).max() > 1e-3, "the returned latents changed nothing"
+
+
+# --- refusals ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "argument", "match"),
+    [
+        (dict(timesteps=[1.0, 0.5]), ConfigError, "timesteps", "accepts and ignores it"),
+        (dict(output_type="pil"), ConfigError, "output_type", "choose one of pt, np"),
+        (
+            dict(images=_images()[:1], image_embeds=torch.zeros(1, 1, 24)),
+            ConfigError,
+            "image_embeds",
+            "not both",
+        ),
+        (dict(image_embeds=torch.zeros(1, 2, 768)), ShapeError, "image_embeds", r"expected \(1, \*, 24\)"),
+        (dict(images=[np.zeros((8, 8, 3))]), ConfigError, "images", "a PIL image or a"),
+        (
+            dict(callback_on_step_end_tensor_inputs=["effnet"]),
+            ConfigError,
+            "callback_on_step_end_tensor_inputs",
+            "",
+        ),
+        (
+            dict(negative_prompt_embeds=torch.zeros(1, 77, 32)),
+            ConfigError,
+            "negative_prompt_embeds_pooled",
+            "",
+        ),
+    ],
+)
+def test_prior_refusals_name_their_argument(ours, kwargs, error, argument, match):
+    prior, _ = ours["torch"]
+    before = buffers(prior)
+    with pytest.raises(error, match=match) as exc:
+        prior("a cat", **{**SMALL, **kwargs})
+    assert exc.value.argument == argument
+    assert buffers(prior) == before, "a refused call ran a stage"
+
+
+def test_images_need_the_image_encoder_and_feature_extractor():
+    from cascade_trt.configs import TINY
+    from cascade_trt.random_weights import random_components
+
+    parts = random_components(TINY, stages=("text_encoder", "stage_c"))  # no feature extractor
+    prior = CascadePriorPipeline.from_components(parts, device="cpu", precision="fp32")
+    with pytest.raises(ConfigError, match="this prior has no feature_extractor/") as exc:
+        prior("a cat", images=_images()[:1], **SMALL)
+    assert exc.value.argument == "images"
+
+
+@pytest.mark.parametrize(
+    ("embeddings", "kwargs", "argument", "match"),
+    [
+        (torch.zeros(1, 16, 4, 4), {}, "image_embeddings", "not a stage_c latent of this cascade"),
+        (torch.zeros(3, 16, 3, 3), dict(prompt=PROMPTS), "image_embeddings", "3 rows for 2 prompts"),
+        (
+            torch.zeros(1, 16, 3, 3),
+            dict(latents=torch.zeros(1, 4, 3, 3)),
+            "latents",
+            r"expected \(1, 4, 32, 32\)",
+        ),
+        (
+            torch.zeros(1, 16, 3, 3),
+            dict(output_type="jpeg"),
+            "output_type",
+            "choose one of pil, np, pt, latent",
+        ),
+    ],
+)
+def test_decoder_refusals_name_their_argument(ours, embeddings, kwargs, argument, match):
+    _, decoder = ours["torch"]
+    before = buffers(decoder)
+    with pytest.raises((ConfigError, ShapeError), match=match) as exc:
+        decoder(embeddings, **{"prompt": "a cat", "num_inference_steps": 2, **kwargs})
+    assert exc.value.argument == argument
+    assert buffers(decoder) == before, "a refused call ran a stage"
