@@ -459,3 +459,66 @@ def test_decoder_refusals_name_their_argument(ours, embeddings, kwargs, argument
         decoder(embeddings, **{"prompt": "a cat", "num_inference_steps": 2, **kwargs})
     assert exc.value.argument == argument
     assert buffers(decoder) == before, "a refused call ran a stage"
+
+
+# --- the decoder's own text encoder -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_text_decoder(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny decoder with a text encoder of its own (other weights than the prior's)."""
+    import shutil
+
+    from cascade_trt.tiny import make_pipelines
+
+    root = tmp_path_factory.mktemp("own_text")
+    other = make_pipelines(root / "other", seed=1)
+    decoder = root / "decoder"
+    shutil.copytree(tiny_dir / "decoder", decoder)
+    shutil.rmtree(decoder / "text_encoder")
+    shutil.copytree(other / "decoder" / "text_encoder", decoder / "text_encoder")
+    return decoder
+
+
+def test_the_decoder_encodes_prompts_with_its_own_text_encoder(ours, tiny_prior, own_text_decoder):
+    _, shared = ours["torch"]
+    decoder = CascadeDecoderPipeline.from_pretrained(own_text_decoder, device="cpu", precision="fp32")
+    decoder.set_progress_bar_config(disable=True)
+    reference = diffusers_pipelines(tiny_prior, own_text_decoder)[1]
+    embedding = torch.randn((1, 16, 3, 6), generator=_gen(4))
+    kwargs = dict(prompt="a cat", guidance_scale=2.0, **DECODE)
+    images = decoder(embedding, generator=_gen(), **kwargs).images
+    assert np.array_equal(images, reference(embedding, generator=_gen(), **kwargs).images)
+    assert np.abs(images - shared(embedding, generator=_gen(), **kwargs).images).max() > 1e-3
+
+
+def test_an_exported_text_encoder_of_other_weights_is_refused_with_the_export_that_fixes_it(
+    tiny_onnx, tiny_prior, own_text_decoder, tmp_path
+):
+    """The onnxruntime and tensorrt backends run the exported text encoder, the prior's: the decoder's own must
+    be the same weights, or the decoder side is exported on its own (here only its text encoder, beside the
+    shared Stage B and A), after which the images are diffusers' with the decoder's own text encoder."""
+    import shutil
+
+    from cascade_trt.cli import main
+    from cascade_trt.errors import ArtifactMismatchError
+
+    onnx_dir = tiny_onnx("fp32")["stage_a"].parent
+    load = dict(backend="onnxruntime", device="cpu", precision="fp32")
+    with pytest.raises(
+        ArtifactMismatchError,
+        match="the decoder's own text encoder .* differs .*`cascade-trt export --decoder",
+    ):
+        CascadeDecoderPipeline.from_pretrained(own_text_decoder, onnx_dir=onnx_dir, **load)
+    for path in onnx_dir.iterdir():
+        if path.name.startswith(("stage_b", "stage_a")):
+            shutil.copy(path, tmp_path / path.name)
+    argv = ["export", "--decoder", str(own_text_decoder), "--stages", "text_encoder", "--out", str(tmp_path)]
+    assert main([*argv, "--no-progress"]) == 0
+    decoder = CascadeDecoderPipeline.from_pretrained(own_text_decoder, onnx_dir=tmp_path, **load)
+    decoder.set_progress_bar_config(disable=True)
+    reference = diffusers_pipelines(tiny_prior, own_text_decoder)[1]
+    embedding = torch.randn((1, 16, 3, 6), generator=_gen(4))
+    kwargs = dict(prompt="a cat", guidance_scale=2.0, **DECODE)
+    images = decoder(embedding, generator=_gen(), **kwargs).images
+    _close(images, reference(embedding, generator=_gen(), **kwargs).images, "onnxruntime", "images")
