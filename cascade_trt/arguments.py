@@ -41,6 +41,12 @@ def prompt_lists(prompt: Any, negative_prompt: Any) -> tuple[list[str], list[str
     return prompts, negative_prompt
 
 
+def variation_prompt(prompt: Any, prompt_embeds: Any, image_prompted: bool) -> Any:
+    """An image variation without text has the empty prompt: diffusers must be called with `prompt=""` for
+    it, and None means that here."""
+    return "" if prompt is None and prompt_embeds is None and image_prompted else prompt
+
+
 def check_count(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}", argument=name)

@@ -26,7 +26,13 @@ from cascade_trt.devices import check_device
 from cascade_trt.errors import ConfigError
 from cascade_trt.loop import OnStep
 from cascade_trt.precision import PrecisionPolicy, precision_argument
-from cascade_trt.prompts import PromptEmbeddings, check_prompt_embeds, encode_prompt, text_encoder
+from cascade_trt.prompts import (
+    PromptEmbeddings,
+    check_prompt_embeds,
+    encode_prompt,
+    given_embeddings,
+    text_encoder,
+)
 from cascade_trt.runtime import LoadLater, StageRuntime, load_runners
 from cascade_trt.scheduler import SchedulerConfig, timesteps
 from cascade_trt.stages import SIZE_UNIT
@@ -130,13 +136,16 @@ class BasePipeline:
     ) -> Any:
         """Build on already-loaded (or random-weight) components; the torch backend casts the modules in place
         to the policy's dtypes, the others use only the tokenizer and config."""
-        options = backend_options(
-            backend, onnx_dir=onnx_dir, engine_dir=engine_dir, providers=providers, compile=compile
+        options, device, policy = setup_components(
+            components,
+            backend,
+            device,
+            precision,
+            onnx_dir=onnx_dir,
+            engine_dir=engine_dir,
+            providers=providers,
+            compile=compile,
         )
-        if components.tokenizer is None:
-            raise ConfigError("components have no tokenizer: load them with the text_encoder stage")
-        device = check_device(device)
-        policy = PrecisionPolicy.resolve(components.config, precision, device=device, target=backend)
         runners = load_runners(
             components, cls._stages, backend=backend, options=options, device=device, policy=policy
         )
@@ -252,11 +261,8 @@ class BasePipeline:
         once for the prompts and, with `guidance`, once for the negative prompts, unless their embeddings are
         given. Prompts over the tokenizer's 77 tokens are truncated with a warning, as diffusers does."""
         check_count("num_images_per_prompt", num_images_per_prompt)
-        given = dict(
-            prompt_embeds=prompt_embeds,
-            prompt_embeds_pooled=prompt_embeds_pooled,
-            negative_prompt_embeds=negative_prompt_embeds,
-            negative_prompt_embeds_pooled=negative_prompt_embeds_pooled,
+        given = given_embeddings(
+            prompt_embeds, prompt_embeds_pooled, negative_prompt_embeds, negative_prompt_embeds_pooled
         )
         prompts, negatives, _ = prompt_texts(self._text_shapes(), prompt, negative_prompt, **given)
         return encode_prompt(
@@ -301,6 +307,26 @@ class BasePipeline:
             return returned.get("latents")
 
         return on_step
+
+
+def setup_components(
+    components: CascadeComponents,
+    backend: str,
+    device: str | torch.device | None,
+    precision: str | dict[str, str],
+    **options: Any,
+) -> tuple[Any, torch.device, PrecisionPolicy]:
+    """What building on given components resolves first, for any pipeline: the backend's options, the device
+    and the precision policy (all checked before anything loads)."""
+    options = backend_options(backend, **options)
+    if components.tokenizer is None:
+        raise ConfigError("components have no tokenizer: load them with the text_encoder stage")
+    device = check_device(device)
+    return (
+        options,
+        device,
+        PrecisionPolicy.resolve(components.config, precision, device=device, target=backend),
+    )
 
 
 def load_parts(

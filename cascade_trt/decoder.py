@@ -42,7 +42,7 @@ from cascade_trt.errors import ArtifactMismatchError, ShapeError
 from cascade_trt.loop import StageRun
 from cascade_trt.noise import Generators
 from cascade_trt.outputs import IMAGE_TYPES, ImagePipelineOutput, convert_images
-from cascade_trt.prompts import PromptEmbeddings
+from cascade_trt.prompts import PromptEmbeddings, given_embeddings
 from cascade_trt.provenance import checkpoint_fingerprint
 from cascade_trt.stages import SIZE_UNIT, latent_sizes
 
@@ -170,11 +170,8 @@ class CascadeDecoderPipeline(BasePipeline):
         """
         if isinstance(image_embeddings, list):
             image_embeddings = torch.cat(image_embeddings, dim=0)
-        given = dict(
-            prompt_embeds=prompt_embeds,
-            prompt_embeds_pooled=prompt_embeds_pooled,
-            negative_prompt_embeds=negative_prompt_embeds,
-            negative_prompt_embeds_pooled=negative_prompt_embeds_pooled,
+        given = given_embeddings(
+            prompt_embeds, prompt_embeds_pooled, negative_prompt_embeds, negative_prompt_embeds_pooled
         )
         per_prompt = self.check_request(
             image_embeddings,

@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
+from cascade_trt.arguments import variation_prompt
 from cascade_trt.backends import backend_options
 from cascade_trt.backends.base import StageRunner
-from cascade_trt.base_pipeline import load_parts, serialised, stage_loader
+from cascade_trt.base_pipeline import load_parts, serialised, setup_components, stage_loader
 from cascade_trt.checkpoints import CheckpointPair
 from cascade_trt.components import CascadeComponents
 from cascade_trt.decoder import CascadeDecoderPipeline, DecoderArguments
@@ -37,7 +38,7 @@ from cascade_trt.noise import Generators
 from cascade_trt.outputs import ImagePipelineOutput, convert_images
 from cascade_trt.precision import PrecisionPolicy, precision_argument
 from cascade_trt.prior import CascadePriorPipeline, PriorArguments
-from cascade_trt.prompts import PromptEmbeddings
+from cascade_trt.prompts import PromptEmbeddings, given_embeddings
 from cascade_trt.runtime import load_runners
 from cascade_trt.scheduler import SchedulerConfig
 from cascade_trt.stages import PIPELINE_STAGES
@@ -127,13 +128,16 @@ class CascadePipeline:
         The torch backend casts the modules in place to the policy's dtypes (`nn.Module.to`, no copy: a 3.6B
         Stage C is never held twice); the other backends use only the tokenizer and config of `components`.
         """
-        options = backend_options(
-            backend, onnx_dir=onnx_dir, engine_dir=engine_dir, providers=providers, compile=compile
+        options, device, policy = setup_components(
+            components,
+            backend,
+            device,
+            precision,
+            onnx_dir=onnx_dir,
+            engine_dir=engine_dir,
+            providers=providers,
+            compile=compile,
         )
-        if components.tokenizer is None:
-            raise ConfigError("components have no tokenizer: load them with the text_encoder stage")
-        device = check_device(device)
-        policy = PrecisionPolicy.resolve(components.config, precision, device=device, target=backend)
         return cls.assemble(components, backend, options, device, policy, cuda_graphs, schedulers, None)
 
     @classmethod
@@ -265,13 +269,9 @@ class CascadePipeline:
         start the prior, as in diffusers' combined pipeline. Pass arguments after `prompt` by name: the
         positional order is this pipeline's own, not diffusers' (which puts `images` second).
         """
-        if prompt is None and prompt_embeds is None and images is not None:
-            prompt = ""  # an image variation without text: diffusers must be called with prompt=""
-        given = dict(
-            prompt_embeds=prompt_embeds,
-            prompt_embeds_pooled=prompt_embeds_pooled,
-            negative_prompt_embeds=negative_prompt_embeds,
-            negative_prompt_embeds_pooled=negative_prompt_embeds_pooled,
+        prompt = variation_prompt(prompt, prompt_embeds, images is not None)
+        given = given_embeddings(
+            prompt_embeds, prompt_embeds_pooled, negative_prompt_embeds, negative_prompt_embeds_pooled
         )
         callbacks = dict(
             prior_callback_on_step_end=prior_callback_on_step_end,
@@ -351,8 +351,7 @@ class CascadePipeline:
         each stage's shape against what its runner can take (an engine built for smaller images fails here,
         not after Stage C has spent its time). Raises `ConfigError` or `ShapeError`, whose `argument` names
         the argument; a server calls it before it queues a request."""
-        if prompt is None and embeds.get("prompt_embeds") is None and images is not None:
-            prompt = ""
+        prompt = variation_prompt(prompt, embeds.get("prompt_embeds"), images is not None)
         images_count = self.prior_pipe.check_request(
             prompt,
             negative_prompt,

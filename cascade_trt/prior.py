@@ -27,13 +27,14 @@ from cascade_trt.arguments import (
     check_scale,
     check_tensor,
     image_list,
+    variation_prompt,
 )
 from cascade_trt.base_pipeline import BasePipeline, prompt_texts, serialised
 from cascade_trt.errors import ConfigError
 from cascade_trt.loop import StageRun
 from cascade_trt.noise import Generators
 from cascade_trt.outputs import CascadePriorPipelineOutput
-from cascade_trt.prompts import PromptEmbeddings, encode_images
+from cascade_trt.prompts import PromptEmbeddings, encode_images, given_embeddings
 from cascade_trt.stages import SIZE_UNIT, check_size
 
 PRIOR_OUTPUT_TYPES = ("pt", "np")
@@ -169,13 +170,9 @@ class CascadePriorPipeline(BasePipeline):
                 argument="timesteps",
             )
         check_choice("output_type", output_type, PRIOR_OUTPUT_TYPES)
-        if prompt is None and prompt_embeds is None and (images is not None or image_embeds is not None):
-            prompt = ""  # an image variation without text: the empty prompt, as diffusers must be called
-        given = dict(
-            prompt_embeds=prompt_embeds,
-            prompt_embeds_pooled=prompt_embeds_pooled,
-            negative_prompt_embeds=negative_prompt_embeds,
-            negative_prompt_embeds_pooled=negative_prompt_embeds_pooled,
+        prompt = variation_prompt(prompt, prompt_embeds, images is not None or image_embeds is not None)
+        given = given_embeddings(
+            prompt_embeds, prompt_embeds_pooled, negative_prompt_embeds, negative_prompt_embeds_pooled
         )
         self.check_request(
             prompt,

@@ -57,6 +57,17 @@ class PromptEmbeddings:
 
 
 Encode = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+EMBEDDINGS = (
+    "prompt_embeds",
+    "prompt_embeds_pooled",
+    "negative_prompt_embeds",
+    "negative_prompt_embeds_pooled",
+)
+
+
+def given_embeddings(*values: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    """diffusers' four precomputed-embedding arguments, by name (what `encode_prompt` and the checks take)."""
+    return dict(zip(EMBEDDINGS, values, strict=True))
 
 
 def text_encoder(runtime: StageRuntime, tokenizer: Any) -> Encode:
