@@ -136,16 +136,10 @@ class BasePipeline:
     ) -> Any:
         """Build on already-loaded (or random-weight) components; the torch backend casts the modules in place
         to the policy's dtypes, the others use only the tokenizer and config."""
-        options, device, policy = setup_components(
-            components,
-            backend,
-            device,
-            precision,
-            onnx_dir=onnx_dir,
-            engine_dir=engine_dir,
-            providers=providers,
-            compile=compile,
+        options = backend_options(  # here, not deeper: its warning points at the caller's line
+            backend, onnx_dir=onnx_dir, engine_dir=engine_dir, providers=providers, compile=compile
         )
+        device, policy = setup_components(components, backend, device, precision)
         runners = load_runners(
             components, cls._stages, backend=backend, options=options, device=device, policy=policy
         )
@@ -314,19 +308,13 @@ def setup_components(
     backend: str,
     device: str | torch.device | None,
     precision: str | dict[str, str],
-    **options: Any,
-) -> tuple[Any, torch.device, PrecisionPolicy]:
-    """What building on given components resolves first, for any pipeline: the backend's options, the device
-    and the precision policy (all checked before anything loads)."""
-    options = backend_options(backend, **options)
+) -> tuple[torch.device, PrecisionPolicy]:
+    """What building on given components resolves first, for any pipeline (checked before anything loads):
+    the device and the precision policy."""
     if components.tokenizer is None:
         raise ConfigError("components have no tokenizer: load them with the text_encoder stage")
     device = check_device(device)
-    return (
-        options,
-        device,
-        PrecisionPolicy.resolve(components.config, precision, device=device, target=backend),
-    )
+    return device, PrecisionPolicy.resolve(components.config, precision, device=device, target=backend)
 
 
 def load_parts(

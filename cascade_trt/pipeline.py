@@ -128,16 +128,10 @@ class CascadePipeline:
         The torch backend casts the modules in place to the policy's dtypes (`nn.Module.to`, no copy: a 3.6B
         Stage C is never held twice); the other backends use only the tokenizer and config of `components`.
         """
-        options, device, policy = setup_components(
-            components,
-            backend,
-            device,
-            precision,
-            onnx_dir=onnx_dir,
-            engine_dir=engine_dir,
-            providers=providers,
-            compile=compile,
+        options = backend_options(  # here, not deeper: its warning points at the caller's line
+            backend, onnx_dir=onnx_dir, engine_dir=engine_dir, providers=providers, compile=compile
         )
+        device, policy = setup_components(components, backend, device, precision)
         return cls.assemble(components, backend, options, device, policy, cuda_graphs, schedulers, None)
 
     @classmethod
