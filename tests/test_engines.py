@@ -89,6 +89,27 @@ def test_request_outside_the_engine_names_the_flag(batch: int, height: int, widt
         check_request(spec, SHAPES, batch, height, width, engine="stage_c.plan")
 
 
+def test_image_prompts_are_an_axis_of_stage_c_profiles_and_requests() -> None:
+    """Stage C's clip_img axis (one per image prompt) has its own min/opt/max; engines built before it existed
+    read back as 1 image prompt, which serves text and single-image variations."""
+    spec = stage_specs(FULL)["stage_c"]
+    shapes = BuildShapes(SHAPES.sizes, SHAPES.batches, image_prompts=(1, 1, 3))
+    clip_img = shapes.profiles(spec)["clip_img"]
+    assert (clip_img.min, clip_img.opt, clip_img.max) == ((1, 1, 768), (2, 1, 768), (8, 3, 768))
+    assert shapes.profiles(spec)["sample"] == SHAPES.profiles(spec)["sample"]
+    check_request(spec, shapes, 2, 1024, 1024, engine="stage_c.plan", image_prompts=3)
+    with pytest.raises(
+        ShapeError, match="takes 1-3 image prompts, asked 4: rebuild it with --max-image-prompts 4"
+    ):
+        check_request(spec, shapes, 2, 1024, 1024, engine="stage_c.plan", image_prompts=4)
+    check_request(stage_specs(FULL)["stage_b"], SHAPES, 2, 1024, 1024, engine="stage_b.plan", image_prompts=4)
+    old = {key: value for key, value in shapes.to_json().items() if key != "image_prompts"}
+    assert BuildShapes.from_json(old).image_prompts == (1, 1, 1)
+    assert BuildShapes.from_json(json.loads(json.dumps(shapes.to_json()))) == shapes
+    with pytest.raises(ShapeError, match="image prompts must satisfy 1 <= min <= opt <= max"):
+        BuildShapes(SHAPES.sizes, SHAPES.batches, image_prompts=(2, 1, 3))
+
+
 def test_non_spatial_stage_ignores_image_size() -> None:
     spec = stage_specs(TINY)["text_encoder"]
     check_request(spec, SHAPES, 8, 128, 128, engine="text_encoder.plan")

@@ -522,3 +522,17 @@ def test_an_exported_text_encoder_of_other_weights_is_refused_with_the_export_th
     kwargs = dict(prompt="a cat", guidance_scale=2.0, **DECODE)
     images = decoder(embedding, generator=_gen(), **kwargs).images
     _close(images, reference(embedding, generator=_gen(), **kwargs).images, "onnxruntime", "images")
+
+
+def test_to_moves_the_torch_backend_and_refuses_a_dtype(tiny_prior, ours):
+    prior = CascadePriorPipeline.from_pretrained(tiny_prior, device="cpu", precision="fp32")
+    prior.set_progress_bar_config(disable=True)
+    before = prior("a cat", generator=_gen(), **SMALL).image_embeddings
+    assert prior.to("cpu") is prior and prior.device == torch.device("cpu")
+    assert torch.equal(prior("a cat", generator=_gen(), **SMALL).image_embeddings, before)
+    with pytest.raises(ConfigError, match="the precision is chosen when loading") as exc:
+        prior.to(torch.float16)
+    assert exc.value.argument == "device"
+    runner = ours["onnxruntime"][0].runners["stage_c"]  # a session is made for its device
+    with pytest.raises(ConfigError, match="was loaded on cpu and cannot move to cuda: pass device='cuda'"):
+        runner.to(torch.device("cuda"))
