@@ -241,6 +241,19 @@ def test_return_dict_false_and_np_outputs_are_diffusers(ours, reference, backend
     assert isinstance(bare, np.ndarray) and bare.shape == (1, 128, 256, 3)
 
 
+@pytest.mark.parametrize("output_type", ["pt", "latent"])
+def test_decoder_takes_a_list_of_embeddings_a_negative_prompt_and_every_output_type(
+    ours, reference, output_type
+):
+    _, decoder = ours["torch"]
+    parts = [torch.randn((1, 16, 3, 6), generator=_gen(seed)) for seed in (7, 8)]
+    kwargs = dict(prompt=PROMPTS, negative_prompt=["blurry", ""], guidance_scale=3.0, num_inference_steps=2)
+    got = decoder(parts, generator=_gen(), output_type=output_type, **kwargs).images
+    want = reference[1](parts, generator=_gen(), output_type=output_type, **kwargs).images
+    assert isinstance(got, torch.Tensor) and torch.equal(got, want)
+    assert got.shape == ((2, 3, 128, 256) if output_type == "pt" else (2, 4, 32, 64))
+
+
 # --- image variations -------------------------------------------------------------------------------------
 
 
