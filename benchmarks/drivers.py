@@ -148,7 +148,7 @@ class CascadeDriver:
         pipe.set_progress_bar_config(disable=True)
 
     def graph_pool_bytes(self) -> int:
-        return self.pipe.graphs.pool_bytes
+        return self.pipe.graph_pool_bytes
 
     def release(self) -> None:
         self.pipe.clear_caches()

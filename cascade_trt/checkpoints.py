@@ -8,6 +8,11 @@ by `cascade_trt.components`, after `check_weight_files` has found each file whol
 named as such, not left to the loader's traceback). A JSON file that does not parse is a `CheckpointError`
 naming it.
 
+Either side may be left out (`CheckpointPair.resolve(prior=P)`, `resolve(decoder=D)`): what the prior and the
+decoder pipelines load. The text encoder (and tokenizer) is then that side's own: a decoder alone encodes
+prompts with its own `text_encoder/`, as diffusers' decoder pipeline does; with both sides given, the prior's
+serves both, as in diffusers' combined pipeline.
+
 Layouts (as on the hub, and as `save_pretrained` writes them):
 
     prior/      model_index.json  prior/  text_encoder/  tokenizer/  scheduler/  [image_encoder/  feature_extractor/]
@@ -33,11 +38,13 @@ Kind = Literal["prior", "decoder"]
 
 PIPELINE_CLASSES = {"prior": "StableCascadePriorPipeline", "decoder": "StableCascadeDecoderPipeline"}
 HUB_IDS = {"prior": "stabilityai/stable-cascade-prior", "decoder": "stabilityai/stable-cascade"}
-# Subfolders a pipeline directory must have, beyond the UNet's own.
+# Subfolders a pipeline directory must have, beyond the UNet's own (a decoder alone: its text encoder too).
 REQUIRED = {"prior": ("text_encoder", "tokenizer"), "decoder": ("vqgan",)}
+TEXT = ("text_encoder", "tokenizer")
 HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-# The pipeline and subfolder of each stage's component; None is the pipeline's UNet subfolder.
+# The pipeline and subfolder of each stage's component; None is the pipeline's UNet subfolder. The text encoder
+# is the prior's when there is a prior, else the decoder's own (`CheckpointPair.location`).
 COMPONENTS: dict[str, tuple[Kind, str | None]] = {
     "text_encoder": ("prior", "text_encoder"),
     "image_encoder": ("prior", "image_encoder"),
@@ -76,10 +83,11 @@ class Location:
 
 @dataclass(frozen=True)
 class CheckpointPair:
-    """A prior and a decoder pipeline directory, and the subfolders of their UNets. Validated when made."""
+    """A prior and a decoder pipeline directory (either may be None: one side alone), and the subfolders of
+    their UNets. Validated when made."""
 
-    prior: Path
-    decoder: Path
+    prior: Path | None
+    decoder: Path | None
     prior_subfolder: str = "prior"
     decoder_subfolder: str = "decoder"
     # The checkpoints as the user gave them (hub ids or paths), for manifests and names; the paths by default.
@@ -87,60 +95,85 @@ class CheckpointPair:
     decoder_name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        for kind in ("prior", "decoder"):
+        if self.prior is None and self.decoder is None:
+            raise ConfigError("no checkpoint given: pass a prior, a decoder, or both")
+        for kind in self.kinds:
             path = Path(getattr(self, kind)).expanduser()
             object.__setattr__(self, kind, path)
             object.__setattr__(self, f"{kind}_name", getattr(self, f"{kind}_name") or str(path))
-            _validate(path, kind, getattr(self, f"{kind}_subfolder"))
+            _validate(path, kind, getattr(self, f"{kind}_subfolder"), own_text=self.prior is None)
 
     @classmethod
     def resolve(
         cls,
-        prior: str | Path,
-        decoder: str | Path,
+        prior: str | Path | None = None,
+        decoder: str | Path | None = None,
         *,
         prior_subfolder: str = "prior",
         decoder_subfolder: str = "decoder",
     ) -> CheckpointPair:
-        """The pair for two paths or hub ids, fetched and validated."""
+        """The pair (or one side) for paths or hub ids, fetched and validated."""
         return cls(
-            _local_dir(prior, "prior"),
-            _local_dir(decoder, "decoder"),
+            _local_dir(prior, "prior") if prior is not None else None,
+            _local_dir(decoder, "decoder") if decoder is not None else None,
             prior_subfolder,
             decoder_subfolder,
-            prior_name=str(prior),
-            decoder_name=str(decoder),
+            prior_name=str(prior) if prior is not None else "",
+            decoder_name=str(decoder) if decoder is not None else "",
         )
 
+    @property
+    def kinds(self) -> tuple[Kind, ...]:
+        """The sides given: ("prior", "decoder"), ("prior",) or ("decoder",)."""
+        return tuple(kind for kind in ("prior", "decoder") if getattr(self, kind) is not None)  # type: ignore[misc]
+
+    def has(self, stage: str) -> bool:
+        """Whether the sides given hold `stage` (every side has a text encoder; a prior may lack the image
+        encoder)."""
+        if stage == "text_encoder":
+            return True
+        kind = COMPONENTS[stage][0]
+        return kind in self.kinds and (stage != "image_encoder" or self.location(stage).exists())
+
     def location(self, stage: str) -> Location:
-        """Where `stage`'s weights and config.json live."""
+        """Where `stage`'s weights and config.json live (the text encoder: the prior's, or a decoder's own)."""
         if stage not in COMPONENTS:
             raise ConfigError(f"unknown stage {stage!r}: choose from {', '.join(COMPONENTS)}")
         kind, subfolder = COMPONENTS[stage]
+        if stage == "text_encoder" and self.prior is None:
+            kind = "decoder"
+        if kind not in self.kinds:
+            raise ConfigError(
+                f"{stage} belongs to the {kind}, which was not given: pass the {kind} checkpoint"
+            )
         if kind == "prior":
+            assert self.prior is not None
             return Location(kind, self.prior, subfolder or self.prior_subfolder, self.prior_name)
+        assert self.decoder is not None
         return Location(kind, self.decoder, subfolder or self.decoder_subfolder, self.decoder_name)
 
     def config(self) -> CascadeConfig:
-        """The architecture, from the config.json files (no weights), named after the two checkpoints."""
-        image_encoder = self.location("image_encoder")
+        """The architecture, from the config.json files (no weights), named after the checkpoints given; the
+        parts of a side not given are None."""
+
+        def read(stage: str) -> dict[str, Any] | None:
+            return self.location(stage).read_config() if self.has(stage) else None
+
         return CascadeConfig.from_diffusers(
-            f"{Path(self.prior_name).name}+{Path(self.decoder_name).name}",
+            "+".join(Path(getattr(self, f"{kind}_name")).name for kind in self.kinds),
             text_encoder=self.location("text_encoder").read_config(),
-            stage_c=self.location("stage_c").read_config(),
-            stage_b=self.location("stage_b").read_config(),
-            stage_a=self.location("stage_a").read_config(),
-            image_encoder=image_encoder.read_config() if image_encoder.exists() else None,
-            prior_index=_model_index(self.prior),
-            decoder_index=_model_index(self.decoder),
+            stage_c=read("stage_c"),
+            stage_b=read("stage_b"),
+            stage_a=read("stage_a"),
+            image_encoder=read("image_encoder"),
+            prior_index=_model_index(self.prior) if self.prior is not None else None,
+            decoder_index=_model_index(self.decoder) if self.decoder is not None else None,
         )
 
     def schedulers(self) -> dict[str, SchedulerConfig]:
-        """The scheduler settings of each denoising stage (diffusers' defaults where a pipeline has none)."""
-        return {
-            "stage_c": SchedulerConfig.from_pretrained(self.prior),
-            "stage_b": SchedulerConfig.from_pretrained(self.decoder),
-        }
+        """The scheduler settings of each denoising stage given (diffusers' defaults where a pipeline has none)."""
+        stages = {"prior": "stage_c", "decoder": "stage_b"}
+        return {stages[kind]: SchedulerConfig.from_pretrained(getattr(self, kind)) for kind in self.kinds}
 
 
 def _local_dir(given: str | Path, kind: Kind) -> Path:
@@ -155,7 +188,7 @@ def _local_dir(given: str | Path, kind: Kind) -> Path:
     )
 
 
-def _validate(path: Path, kind: Kind, unet_subfolder: str) -> None:
+def _validate(path: Path, kind: Kind, unet_subfolder: str, *, own_text: bool = False) -> None:
     if not path.is_dir():
         raise CheckpointError(f"{kind} checkpoint {str(path)!r} is a file, not a pipeline directory")
     index = path / "model_index.json"
@@ -174,7 +207,8 @@ def _validate(path: Path, kind: Kind, unet_subfolder: str) -> None:
             f"{path / unet_subfolder} holds a {unet.get('_class_name')!r}, not a StableCascadeUNet: "
             f"not a Stable Cascade {kind}"
         )
-    missing = [s for s in REQUIRED[kind] if not (path / s).is_dir()]
+    required = REQUIRED[kind] + (TEXT if own_text and kind == "decoder" else ())
+    missing = [s for s in required if not (path / s).is_dir()]
     if missing:
         raise CheckpointError(
             f"{path} lacks {', '.join(missing)}: not a complete Stable Cascade {kind} pipeline"

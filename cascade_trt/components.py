@@ -10,6 +10,10 @@ What can go wrong in a checkpoint is said in its terms: a truncated weight file 
 (`check_weight_files`); when a library refuses to load a component, a config.json that disagrees with the
 weights beside it is named with the first tensor whose shape differs, and anything else is a `CheckpointError`
 naming the component's directory and the library's reason.
+
+diffusers is needed only for the UNets and the VQGAN as PyTorch modules (the torch backend, export, random
+weights): `diffusers_classes` imports them, or says what to install. The tokenizer and the feature extractor
+are transformers', which the onnxruntime and tensorrt backends use without diffusers.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from cascade_trt.checkpoints import (
     weight_files,
 )
 from cascade_trt.configs import CascadeConfig
-from cascade_trt.errors import CheckpointError
+from cascade_trt.errors import BackendUnavailableError, CheckpointError
 from cascade_trt.stages import PIPELINE_STAGES
 
 
@@ -49,6 +53,7 @@ class CascadeComponents:
     def diffusers_pipelines(self) -> tuple[Any, Any]:
         """diffusers' `StableCascadePriorPipeline` and `StableCascadeDecoderPipeline` over these very modules
         (shared, not copied), with default schedulers: what `save_pretrained` writes and the baseline runs."""
+        diffusers_classes()  # the install hint, when diffusers is missing
         from diffusers import (
             DDPMWuerstchenScheduler,
             StableCascadeDecoderPipeline,
@@ -81,10 +86,13 @@ def load_components(
     stages: tuple[str, ...] = PIPELINE_STAGES,
     dtypes: dict[str, torch.dtype] | None = None,
     device: str | torch.device = "cpu",
+    variant: str | None = None,
 ) -> CascadeComponents:
-    """The tokenizer and the named stages (the image encoder only where the prior ships one), each loaded
-    straight into its dtype (fp32 unless `dtypes` says otherwise) and moved to `device`, frozen."""
-    from transformers import CLIPImageProcessor, CLIPTokenizer
+    """The tokenizer, the prior's feature extractor (where it has one: what image prompts are preprocessed
+    with, whatever runs the image encoder) and the named stages (the image encoder only where the prior ships
+    one), each loaded straight into its dtype (fp32 unless `dtypes` says otherwise) and moved to `device`,
+    frozen. `variant` picks the weight files as diffusers' does ("bf16": `*.bf16.safetensors`)."""
+    from transformers import CLIPTokenizer
 
     dtypes = dtypes or {}
     text = checkpoints.location("text_encoder")
@@ -94,21 +102,21 @@ def load_components(
         checkpoints=checkpoints,
     )
     for stage in stages:
-        location = checkpoints.location(stage)
-        if stage == "image_encoder" and not location.exists():
-            continue  # optional in a prior pipeline
-        module = _load_checked(stage, location, dtypes.get(stage, torch.float32))
+        if not checkpoints.has(stage):
+            continue  # the image encoder is optional in a prior pipeline
+        module = _load_checked(stage, checkpoints.location(stage), dtypes.get(stage, torch.float32), variant)
         setattr(out, stage, module.to(device).eval().requires_grad_(False))
-    if out.image_encoder is not None:
-        out.feature_extractor = CLIPImageProcessor.from_pretrained(text.root, subfolder="feature_extractor")
+    out.feature_extractor = load_feature_extractor(checkpoints)
     return out
 
 
-def _load_checked(stage: str, location: Location, dtype: torch.dtype) -> torch.nn.Module:
+def _load_checked(
+    stage: str, location: Location, dtype: torch.dtype, variant: str | None = None
+) -> torch.nn.Module:
     """`_load`, with the checkpoint's faults said as such (see the module docstring)."""
     check_weight_files(location)
     try:
-        return _load(stage, location, dtype)
+        return _load(stage, location, dtype, variant)
     except (MemoryError, ImportError):  # the machine or the install, not the checkpoint
         raise
     except Exception as exc:  # the libraries' errors differ by version: say what is wrong in the checkpoint
@@ -139,14 +147,25 @@ def config_disagreement(stage: str, location: Location) -> str | None:
     return None
 
 
+def load_feature_extractor(checkpoints: CheckpointPair) -> Any:
+    """The prior's `feature_extractor/` (transformers' CLIPImageProcessor), or None where it has none."""
+    if checkpoints.prior is None or not (checkpoints.prior / "feature_extractor").is_dir():
+        return None
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor.from_pretrained(checkpoints.prior, subfolder="feature_extractor")
+
+
 _TRANSFORMERS = ("text_encoder", "image_encoder")  # the CLIP encoders; the rest are diffusers models
 
 
-def _load(stage: str, location: Location, dtype: torch.dtype) -> torch.nn.Module:
+def _load(stage: str, location: Location, dtype: torch.dtype, variant: str | None = None) -> torch.nn.Module:
     cls = _library_class(stage)
     if stage in _TRANSFORMERS:  # transformers spells the dtype `dtype`
-        return cls.from_pretrained(location.root, subfolder=location.subfolder, dtype=dtype)
-    return cls.from_pretrained(location.root, subfolder=location.subfolder, torch_dtype=dtype)
+        return cls.from_pretrained(location.root, subfolder=location.subfolder, dtype=dtype, variant=variant)
+    return cls.from_pretrained(  # diffusers spells it `torch_dtype`
+        location.root, subfolder=location.subfolder, torch_dtype=dtype, variant=variant
+    )
 
 
 def _configured_shapes(stage: str, location: Location) -> dict[str, list[int]]:
@@ -161,14 +180,40 @@ def _configured_shapes(stage: str, location: Location) -> dict[str, list[int]]:
 
 
 def _library_class(stage: str) -> Any:
-    from diffusers import StableCascadeUNet
-    from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
+    """The class that loads a stage's component: transformers' CLIP encoders, diffusers' UNet and VQGAN."""
     from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
-    return {
-        "text_encoder": CLIPTextModelWithProjection,
-        "image_encoder": CLIPVisionModelWithProjection,
-        "stage_c": StableCascadeUNet,
-        "stage_b": StableCascadeUNet,
-        "stage_a": PaellaVQModel,
-    }[stage]
+    if stage in _TRANSFORMERS:
+        return CLIPTextModelWithProjection if stage == "text_encoder" else CLIPVisionModelWithProjection
+    unet, vqgan = diffusers_classes()
+    return vqgan if stage == "stage_a" else unet
+
+
+# The diffusers releases the Stable Cascade modules were tested with; diffusers deprecated its Stable Cascade
+# pipelines after 0.35.2 and still ships the modules in 0.42.
+TESTED_DIFFUSERS = "0.42.1"
+INSTALL = "pip install 'cascade-trt[torch-backend]'"
+
+
+def diffusers_classes() -> tuple[type, type]:
+    """diffusers' `StableCascadeUNet` and `PaellaVQModel` (Stage C/B and Stage A as PyTorch modules).
+
+    BackendUnavailableError, naming what to install, without diffusers or with a diffusers that no longer
+    ships them; the onnxruntime and tensorrt backends never call this.
+    """
+    try:
+        import diffusers
+    except ModuleNotFoundError as exc:
+        raise BackendUnavailableError(
+            f"running the Stable Cascade models in PyTorch (the torch backend, export, random weights) needs "
+            f"diffusers, which is not installed: {INSTALL} (the onnxruntime and tensorrt backends do not)"
+        ) from exc
+    try:
+        from diffusers import StableCascadeUNet
+        from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"diffusers {diffusers.__version__} does not ship Stable Cascade's modules ({exc}): install the "
+            f"release cascade_trt was tested with, pip install 'diffusers=={TESTED_DIFFUSERS}'"
+        ) from exc
+    return StableCascadeUNet, PaellaVQModel

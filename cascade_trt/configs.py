@@ -7,13 +7,14 @@ milliseconds on a CPU, for tests.
 
 A `CascadeConfig` can also be built from a checkpoint's config.json files without loading weights
 (`CascadeConfig.from_diffusers`, which `CheckpointPair.config` feeds), so export, engines and the runtime describe a
-real checkpoint the same way they describe a preset.
+real checkpoint the same way they describe a preset. One built from a prior alone has no Stage B or A, one built
+from a decoder alone no Stage C (those parts are None): what the prior and decoder pipelines load.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cascade_trt.errors import ConfigError
@@ -127,13 +128,14 @@ class VQGANConfig:
 
 @dataclass(frozen=True)
 class CascadeConfig:
-    """Everything that fixes the architecture (and so the shapes) of one Stable Cascade."""
+    """Everything that fixes the architecture (and so the shapes) of one Stable Cascade, or of one side of it
+    (the parts a prior or a decoder alone does not have are None)."""
 
     name: str
     text_encoder: TextEncoderConfig
-    stage_c: UNetConfig
-    stage_b: UNetConfig
-    stage_a: VQGANConfig = field(default_factory=VQGANConfig)
+    stage_c: UNetConfig | None = None
+    stage_b: UNetConfig | None = None
+    stage_a: VQGANConfig | None = None
     image_encoder: ImageEncoderConfig | None = None
     # Pipeline constants (diffusers' `resolution_multiple` of the prior, `latent_dim_scale` of the decoder).
     resolution_multiple: float = 42.67
@@ -149,16 +151,17 @@ class CascadeConfig:
         name: str,
         *,
         text_encoder: dict[str, Any],
-        stage_c: dict[str, Any],
-        stage_b: dict[str, Any],
-        stage_a: dict[str, Any],
+        stage_c: dict[str, Any] | None = None,
+        stage_b: dict[str, Any] | None = None,
+        stage_a: dict[str, Any] | None = None,
         image_encoder: dict[str, Any] | None = None,
         prior_index: dict[str, Any] | None = None,
         decoder_index: dict[str, Any] | None = None,
     ) -> CascadeConfig:
         """Build from the components' config.json dicts (transformers' CLIP configs may nest theirs under
         `text_config` / `vision_config`) and the pipelines' model_index.json dicts, ignoring keys this project
-        does not need. `cascade_trt.checkpoints.CheckpointPair.config` reads them from disk."""
+        does not need; a part not given is None. `cascade_trt.checkpoints.CheckpointPair.config` reads them
+        from disk."""
         prior_index, decoder_index = prior_index or {}, decoder_index or {}
         ie = image_encoder.get("vision_config", image_encoder) if image_encoder is not None else None
         return cls(
@@ -166,9 +169,9 @@ class CascadeConfig:
             text_encoder=TextEncoderConfig(
                 **_pick(TextEncoderConfig, text_encoder.get("text_config", text_encoder))
             ),
-            stage_c=UNetConfig.from_diffusers(stage_c),
-            stage_b=UNetConfig.from_diffusers(stage_b),
-            stage_a=VQGANConfig(**_pick(VQGANConfig, stage_a)),
+            stage_c=UNetConfig.from_diffusers(stage_c) if stage_c is not None else None,
+            stage_b=UNetConfig.from_diffusers(stage_b) if stage_b is not None else None,
+            stage_a=VQGANConfig(**_pick(VQGANConfig, stage_a)) if stage_a is not None else None,
             image_encoder=ImageEncoderConfig(**_pick(ImageEncoderConfig, ie)) if ie is not None else None,
             resolution_multiple=float(prior_index.get("resolution_multiple", cls.resolution_multiple)),
             latent_dim_scale=float(decoder_index.get("latent_dim_scale", cls.latent_dim_scale)),
@@ -242,6 +245,7 @@ FULL = CascadeConfig(
     text_encoder=_TEXT_BIGG,
     stage_c=_prior(2048, 32, (8, 24), 2048),
     stage_b=_decoder((320, 640, 1280, 1280), (0, 0, 20, 20), (2, 6, 28, 6), (3, 3, 2, 2)),
+    stage_a=VQGANConfig(),
     image_encoder=_IMAGE_VIT_L14,
 )
 
@@ -250,6 +254,7 @@ LITE = CascadeConfig(
     text_encoder=_TEXT_BIGG,
     stage_c=_prior(1536, 24, (4, 12), 1536),
     stage_b=_decoder((320, 576, 1152, 1152), (0, 9, 18, 18), (2, 4, 14, 4), (2, 2, 2, 2)),
+    stage_a=VQGANConfig(),
     image_encoder=_IMAGE_VIT_L14,
 )
 

@@ -22,13 +22,13 @@ import torch
 
 from cascade_trt.errors import ConfigError
 
-# Key: (stage, batch, height, width, dtype, guided). `guided` is there because guidance doubles the batch
-# the model sees: same images, different graph.
+# Key: (stage, batch, height, width, image prompts, dtype, guided). `guided` is there because guidance
+# doubles the batch the model sees: same images, different graph.
 GraphKey = tuple[Hashable, ...]
 
 
 class GraphCache:
-    """CUDA graphs keyed by (stage, batch, height, width, dtype, guided), sharing one memory pool."""
+    """CUDA graphs keyed by (stage, batch, height, width, image prompts, dtype, guided), sharing one pool."""
 
     def __init__(self, device: torch.device | str, *, enabled: bool = True, warmup_steps: int = 2) -> None:
         if warmup_steps < 1:

@@ -21,8 +21,11 @@ from cascade_trt.errors import BackendUnavailableError, ConfigError
 _BF16_QUERIES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """`device` as a `torch.device`, if cascade_trt can run there: "cpu", "cuda" or "cuda:N" with a GPU N."""
+def check_device(device: str | torch.device | None) -> torch.device:
+    """`device` as a `torch.device`, if cascade_trt can run there: "cpu", "cuda" or "cuda:N" with a GPU N;
+    None is "cuda" where torch sees a GPU, else "cpu"."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:

@@ -9,7 +9,20 @@ from __future__ import annotations
 
 
 class CascadeError(Exception):
-    """Base class of every error cascade_trt raises on purpose."""
+    """Base class of every error cascade_trt raises on purpose.
+
+    `argument` names the pipeline argument the error is about ("height", "num_images_per_prompt"...), where
+    there is one: a caller that maps arguments to its own fields (the HTTP service) reads it rather than the
+    message.
+    """
+
+    def __init__(self, message: str = "", *, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+    def __reduce__(self) -> tuple:
+        # Keyword-only state survives pickling (a Ray replica's error reaching the ingress).
+        return (type(self), (str(self),), self.__dict__)
 
 
 class ConfigError(CascadeError, ValueError):

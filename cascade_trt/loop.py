@@ -6,13 +6,19 @@ changes between steps (timestep ratio, scheduler coefficients, noise) sits in a 
 a device-side step counter, so the step has no host sync, no `.item()`, no branch on a value: the same step
 is captured once as a CUDA graph and replayed for every step (on CUDA), or called as is (on CPU).
 
-Randomness follows diffusers exactly: with the user's generator, the initial latents first, then one noise
-draw per step (the last one masked to zero), each in the model dtype. All of a stage's draws happen before
-the loop, in that order, so a given CPU `torch.Generator` gives diffusers' images.
+Randomness follows diffusers exactly (`cascade_trt.noise`): with the user's generator, the initial latents
+first (unless the caller gives them), then one noise draw per step (the last one masked to zero), each in the
+model dtype. All of a stage's draws happen before the loop, in that order, so a given CPU `torch.Generator`
+gives diffusers' images.
+
+A run may ask to see the latents after every step (`StageRun.on_step`, what diffusers' `callback_on_step_end`
+is built on): that run's loop is not captured, since Python must run between the steps, and whatever the hook
+returns is written back into the loop's static latents before the next step.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
@@ -20,10 +26,14 @@ import torch
 
 from cascade_trt.backends.base import Bindings, StageRunner
 from cascade_trt.cuda_graphs import GraphCache, GraphKey
-from cascade_trt.errors import CaptureError
+from cascade_trt.errors import CaptureError, ShapeError
+from cascade_trt.noise import Generators, draw_noise
 from cascade_trt.scheduler import SchedulerConfig, WuerstchenSchedule
 
 Progress = Callable[[Iterable[int], str], Iterable[int]]
+# Called after step i with a copy of the latents; a tensor it returns replaces them (None: keep the copy,
+# which it may have changed in place).
+OnStep = Callable[[int, torch.Tensor], torch.Tensor | None]
 # Inputs the loop writes itself every step; the rest of a stage's inputs are conditioning, written once.
 LOOP_INPUTS = ("sample", "timestep_ratio")
 
@@ -35,14 +45,24 @@ def no_progress(steps: Iterable[int], desc: str) -> Iterable[int]:
 class StageLoop:
     """The static state of one stage's loop at one shape: bindings, latents, schedule, noise, step index.
 
-    Allocated once per (stage, batch, height, width, dtype, guided) and reused by every later call, so a
-    captured step's addresses stay valid. Tables are sized for `capacity` steps; more steps reallocate them
-    (and the owner drops the graph that pointed at the old ones).
+    Allocated once per (stage, batch, height, width, image prompts, dtype, guided) and reused by every later
+    call, so a captured step's addresses stay valid. Tables are sized for `capacity` steps; more steps
+    reallocate them (and the owner drops the graph that pointed at the old ones).
     """
 
-    def __init__(self, runner: StageRunner, *, batch: int, height: int, width: int, guided: bool) -> None:
+    def __init__(
+        self,
+        runner: StageRunner,
+        *,
+        batch: int,
+        height: int,
+        width: int,
+        guided: bool,
+        image_prompts: int = 1,
+    ) -> None:
         self.runner, self.batch, self.guided = runner, batch, guided
-        self.bindings: Bindings = runner.allocate(2 * batch if guided else batch, height, width)
+        model_batch = 2 * batch if guided else batch
+        self.bindings: Bindings = runner.allocate(model_batch, height, width, image_prompts=image_prompts)
         for t in (*self.bindings.inputs.values(), *self.bindings.outputs.values()):
             t.zero_()  # warm-up before capture runs on these: keep it off uninitialised memory
         sample = self.bindings.inputs["sample"]
@@ -122,8 +142,11 @@ class StageRun:
     num_steps: int
     guidance_scale: float
     conditioning: dict[str, torch.Tensor]  # every model input but sample/timestep_ratio, at the model's batch
-    generator: torch.Generator | list[torch.Generator] | None = None
+    generator: Generators = None
     scheduler: SchedulerConfig = SchedulerConfig()  # frozen, so one shared default is safe
+    image_prompts: int = 1  # Stage C's clip_img axis: one per image prompt (1 without images)
+    latents: torch.Tensor | None = None  # the initial latents; None: drawn from the generator
+    on_step: OnStep | None = None  # see `OnStep`; the run is then not captured
 
     @property
     def guided(self) -> bool:
@@ -148,21 +171,36 @@ class Denoiser:
         if loop.reserve(run.num_steps):
             self.graphs.drop(key)
         step = loop.step
-        if self.graphs.enabled and runner.capturable:
+        capturable = self.graphs.enabled and runner.capturable
+        if capturable and run.on_step is None:
             # Capture before loading: warm-up runs the step on the buffers, from step 0 each time (the index
             # may still hold a previous run's end, and a 1-step table has no step 1 to read).
             step = self._captured(key, runner, loop)
+        elif capturable:
+            warnings.warn(
+                f"{runner.spec.name}: a step callback runs Python between the steps, so this call's loop runs "
+                "uncaptured (no CUDA graph); calls without a callback still replay the captured step",
+                UserWarning,
+                stacklevel=2,
+            )
         # In the compute dtype, as diffusers draws and rounds in the model's dtype; `load` casts to the IO's.
         schedule = WuerstchenSchedule.build(
             run.num_steps, dtype=runner.compute_dtype, device=runner.device, config=run.scheduler
         )
         latents, noise = draw_noise(
-            loop.latents.shape, run.num_steps, run.generator, runner.compute_dtype, runner.device
+            loop.latents.shape,
+            run.num_steps,
+            run.generator,
+            runner.compute_dtype,
+            runner.device,
+            latents=run.latents,
         )
         loop.load(schedule, latents, noise, run.conditioning, run.guidance_scale)
         with torch.no_grad():
-            for _ in progress(range(run.num_steps), runner.spec.name):
+            for i in progress(range(run.num_steps), runner.spec.name):
                 step()
+                if run.on_step is not None:
+                    _call_back(run.on_step, i, loop.latents)
         return loop.latents.clone()
 
     def _captured(self, key: GraphKey, runner: StageRunner, loop: StageLoop) -> Callable[[], None]:
@@ -179,31 +217,38 @@ class Denoiser:
         self._loops.clear()
 
     def _loop(self, runner: StageRunner, run: StageRun) -> tuple[StageLoop, GraphKey]:
-        key = (runner.spec.name, run.batch, run.height, run.width, runner.dtype, run.guided)
+        key = (
+            runner.spec.name,
+            run.batch,
+            run.height,
+            run.width,
+            run.image_prompts,
+            runner.dtype,
+            run.guided,
+        )
         loop = self._loops.get(key)
         if loop is None:
-            loop = StageLoop(runner, batch=run.batch, height=run.height, width=run.width, guided=run.guided)
+            loop = StageLoop(
+                runner,
+                batch=run.batch,
+                height=run.height,
+                width=run.width,
+                guided=run.guided,
+                image_prompts=run.image_prompts,
+            )
             self._loops[key] = loop
         return loop, key
 
 
-def draw_noise(
-    shape: tuple[int, ...] | torch.Size,
-    num_steps: int,
-    generator: torch.Generator | list[torch.Generator] | None,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Initial latents (shape) and per-step noise (num_steps, *shape), drawn as diffusers draws them.
-
-    diffusers' `randn_tensor` itself, called in diffusers' order: once in `prepare_latents`, then once in every
-    scheduler step (the last draw is masked to zero there, but it still advances the generator).
-    """
-    from diffusers.utils.torch_utils import randn_tensor
-
-    shape = tuple(shape)
-    latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    noise = torch.stack(
-        [randn_tensor(shape, generator=generator, device=device, dtype=dtype) for _ in range(num_steps)]
-    )
-    return latents, noise
+def _call_back(on_step: OnStep, index: int, latents: torch.Tensor) -> None:
+    """Hand step `index`'s latents (a copy: a hook may keep it) to the hook; write back what it returns."""
+    seen = latents.clone()
+    returned = on_step(index, seen)
+    result = seen if returned is None else returned
+    if not isinstance(result, torch.Tensor) or result.shape != latents.shape:
+        got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+        raise ShapeError(
+            f"the step callback returned latents of shape {got}, expected {tuple(latents.shape)}",
+            argument="callback_on_step_end",
+        )
+    latents.copy_(result)

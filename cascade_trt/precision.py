@@ -35,7 +35,26 @@ def fp16_unsafe_stages(config: CascadeConfig) -> frozenset[str]:
     The full prior (conditioning width 2048) is the one with reported overflow; the 1536-wide lite prior and
     the tiny test prior are not.
     """
-    return frozenset({"stage_c"}) if config.stage_c.conditioning_dim >= 2048 else frozenset()
+    wide = config.stage_c is not None and config.stage_c.conditioning_dim >= 2048
+    return frozenset({"stage_c"}) if wide else frozenset()
+
+
+def precision_argument(
+    precision: str | dict[str, str], torch_dtype: torch.dtype | None
+) -> str | dict[str, str]:
+    """`precision`, or diffusers' `torch_dtype=` (one dtype for every stage) in its place."""
+    if torch_dtype is None:
+        return precision
+    if precision != "auto":
+        raise PrecisionError(
+            f"precision={precision!r} and torch_dtype={torch_dtype}: pass one of them", argument="torch_dtype"
+        )
+    if torch_dtype not in NAMES:
+        raise PrecisionError(
+            f"torch_dtype={torch_dtype}: cascade_trt runs {', '.join(map(str, NAMES))}",
+            argument="torch_dtype",
+        )
+    return NAMES[torch_dtype]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from cascade_trt.components import CascadeComponents
+from cascade_trt.components import CascadeComponents, diffusers_classes
 from cascade_trt.configs import CascadeConfig
 from cascade_trt.stages import PIPELINE_STAGES
 from cascade_trt.tokenizer import build_tokenizer
@@ -64,8 +64,6 @@ def random_components(
     Construction runs under the target default dtype and device, so a 3.6B bf16 Stage C never exists in fp32
     or on the host. Weights are filled by `randomize_`.
     """
-    from diffusers import StableCascadeUNet
-    from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
     from transformers import (
         CLIPTextConfig,
         CLIPTextModelWithProjection,
@@ -73,6 +71,7 @@ def random_components(
         CLIPVisionModelWithProjection,
     )
 
+    StableCascadeUNet, PaellaVQModel = diffusers_classes()  # noqa: N806 (classes)
     dtypes = dtypes or {}
     out = CascadeComponents(config=config)
 

@@ -73,9 +73,9 @@ class WuerstchenSchedule:
         # On the device, as diffusers computes them (a GPU's cos may differ from the CPU's in the last bit),
         # all steps at once: an elementwise op computes each element alike however many there are. No host
         # sync: the previous timestep is looked up with a device index.
-        timesteps = torch.linspace(1.0, 0.0, num_steps + 1, device=device)
-        ratio = timesteps[:-1].to(dtype)
-        return cls(ratio, *_step_values(timesteps, ratio, config))
+        grid = timesteps(num_steps, device=device)
+        ratio = grid[:-1].to(dtype)
+        return cls(ratio, *_step_values(grid, ratio, config))
 
     def update(
         self, index: torch.Tensor, sample: torch.Tensor, model_output: torch.Tensor, noise: torch.Tensor
@@ -92,6 +92,12 @@ class WuerstchenSchedule:
         )
         mu = sample_scale * (sample - eps_scale * model_output / eps_div)
         return (mu + noise_scale * noise).to(sample.dtype)
+
+
+def timesteps(num_steps: int, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """diffusers' `DDPMWuerstchenScheduler.set_timesteps`: `linspace(1, 0, N + 1)` in fp32 on the device. The
+    pipelines run the first N (what a step callback receives as its timestep); the last is the end point."""
+    return torch.linspace(1.0, 0.0, num_steps + 1, device=device)
 
 
 def _alpha_cumprod(t: torch.Tensor, config: SchedulerConfig) -> torch.Tensor:

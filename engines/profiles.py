@@ -1,7 +1,8 @@
 """Optimization profiles of an engine, derived from the stage descriptions, and the check that a request fits.
 
-An engine is built for a `BuildShapes`: a range of image sizes, a range of images per call, and whether guided
-stages see the doubled (conditional + unconditional) batch. `StageSpec.profile` turns that into min/opt/max
+An engine is built for a `BuildShapes`: a range of image sizes, a range of images per call, whether guided
+stages see the doubled (conditional + unconditional) batch, and how many image prompts Stage C takes (1, the
+zeros of a text-only call or one image, unless built for more). `StageSpec.profile` turns that into min/opt/max
 shapes per input; the same `BuildShapes`, stored in the engine's manifest, lets the runtime refuse a request
 outside it with the exact flag to rebuild with.
 """
@@ -18,14 +19,23 @@ from cascade_trt.stages import BatchRange, Profile, SizeRange, StageSpec
 
 @dataclass(frozen=True)
 class BuildShapes:
-    """What an engine is built to serve: image sizes (px), images per call, and guidance."""
+    """What an engine is built to serve: image sizes (px), images per call, guidance, and the min/opt/max
+    number of image prompts (Stage C's `clip_img` axis)."""
 
     sizes: SizeRange
     batches: BatchRange
     guidance: bool = True
+    image_prompts: tuple[int, int, int] = (1, 1, 1)
+
+    def __post_init__(self) -> None:
+        lo, opt, hi = self.image_prompts
+        if not 1 <= lo <= opt <= hi:
+            raise ShapeError(f"image prompts must satisfy 1 <= min <= opt <= max, got {self.image_prompts}")
 
     def profiles(self, spec: StageSpec) -> dict[str, Profile]:
-        return spec.profile(self.sizes, self.batches, guidance=self.guidance)
+        return spec.profile(
+            self.sizes, self.batches, guidance=self.guidance, image_prompts=self.image_prompts
+        )
 
     def batch_scale(self, spec: StageSpec) -> int:
         """How many model rows one image is: 2 for a guided stage under guidance (cond + uncond), else 1."""
@@ -38,12 +48,14 @@ class BuildShapes:
             "width": [s.min_width, s.opt_width, s.max_width],
             "batch": [b.min, b.opt, b.max],
             "guidance": self.guidance,
+            "image_prompts": list(self.image_prompts),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BuildShapes:
         (h0, h1, h2), (w0, w1, w2), (b0, b1, b2) = data["height"], data["width"], data["batch"]
-        return cls(SizeRange(h0, h1, h2, w0, w1, w2), BatchRange(b0, b1, b2), bool(data["guidance"]))
+        prompts = tuple(data.get("image_prompts", (1, 1, 1)))  # engines built before the axis existed: 1
+        return cls(SizeRange(h0, h1, h2, w0, w1, w2), BatchRange(b0, b1, b2), bool(data["guidance"]), prompts)
 
 
 def profiles_to_json(profiles: dict[str, Profile]) -> dict[str, dict[str, list[int]]]:
@@ -70,9 +82,24 @@ def size_flags(sizes: SizeRange) -> str:
 
 
 def check_request(
-    spec: StageSpec, shapes: BuildShapes, batch: int, height: int, width: int, *, engine: str
+    spec: StageSpec,
+    shapes: BuildShapes,
+    batch: int,
+    height: int,
+    width: int,
+    *,
+    engine: str,
+    image_prompts: int = 1,
 ) -> None:
-    """ShapeError, naming the flag to rebuild with, when (model batch, height, width) is outside the engine."""
+    """ShapeError, naming the flag to rebuild with, when (model batch, height, width, image prompts) is outside
+    the engine."""
+    low, high = shapes.image_prompts[0], shapes.image_prompts[2]
+    if spec.image_prompted and not low <= image_prompts <= high:
+        raise ShapeError(
+            f"{engine} takes {low}-{high} image prompts, asked {image_prompts}: rebuild it with "
+            f"--max-image-prompts {image_prompts}",
+            argument="images",
+        )
     scale = shapes.batch_scale(spec)
     lo, hi = shapes.batches.min, shapes.batches.max * scale
     if not lo <= batch <= hi:
@@ -97,11 +124,18 @@ def check_request(
 
 
 def check_profiles(
-    spec: StageSpec, profiles: dict[str, Profile], batch: int, height: int, width: int, *, engine: str
+    spec: StageSpec,
+    profiles: dict[str, Profile],
+    batch: int,
+    height: int,
+    width: int,
+    *,
+    engine: str,
+    image_prompts: int = 1,
 ) -> None:
     """ShapeError when a concrete input shape falls outside the engine's stored profile (the final word)."""
     for t in spec.inputs:
-        shape = t.resolve(batch, height, width)
+        shape = t.resolve(batch, height, width, image_prompts=image_prompts)
         profile = profiles.get(t.name)
         if profile is not None and not profile.contains(shape):
             raise ShapeError(

@@ -1,7 +1,9 @@
 """Example inputs for a stage, built from its `StageSpec`: what export traces with and what verification feeds.
 
 Values are realistic enough to exercise every branch the pipeline takes: timestep ratios in (0, 1), token ids
-with an end-of-text token and padding behind it (the attention mask masks the padding), Gaussian latents.
+with an end-of-text token and padding behind it (the attention mask masks the padding), Gaussian latents. Token
+ids are drawn from the vocabulary minus the special tokens, wherever the tokenizer puts those (the released
+CLIP puts BOS and EOS at the top of the vocabulary, diffusers' test CLIP at 0 and 2).
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ def example_inputs(
     height: int,
     width: int,
     dtype: torch.dtype,
+    image_prompts: int = 1,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """One tensor per spec input, in spec order, at the shapes of (batch, height, width)."""
+    """One tensor per spec input, in spec order, at the shapes of (batch, height, width, image prompts)."""
     gen = torch.Generator().manual_seed(seed)
-    shapes = spec.shapes(batch, height, width)
+    shapes = spec.shapes(batch, height, width, image_prompts=image_prompts)
     if spec.name == "text_encoder":
         return _token_inputs(module, shapes["input_ids"], gen)
     out = {}
@@ -47,7 +50,9 @@ def _token_inputs(module: nn.Module, shape: tuple[int, ...], gen: torch.Generato
     """Prompts of different lengths: BOS, random tokens, EOS, then padding (masked out), as CLIPTokenizer pads."""
     config = module.text_encoder.config  # the wrapped CLIPTextModelWithProjection
     batch, seq = shape
-    ids = torch.randint(0, min(config.vocab_size, config.bos_token_id), shape, generator=gen)
+    special = {config.bos_token_id, config.eos_token_id, config.pad_token_id}
+    ordinary = torch.tensor([i for i in range(config.vocab_size) if i not in special])
+    ids = ordinary[torch.randint(0, len(ordinary), shape, generator=gen)]
     mask = torch.zeros(shape, dtype=torch.int64)
     for i in range(batch):
         length = int(torch.randint(2, seq, (1,), generator=gen))  # tokens incl. BOS and EOS

@@ -28,12 +28,12 @@ from cascade_trt.errors import ArtifactMismatchError, ConfigError
 from cascade_trt.export.inputs import example_inputs
 from cascade_trt.export.manifest import build_manifest
 from cascade_trt.export.patches import exact_timestep_embedding
-from cascade_trt.stages import Axis, StageSpec, TensorSpec, check_size
+from cascade_trt.stages import MAX_UNITS, Axis, StageSpec, TensorSpec, check_size
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256  # per model call, guidance included
-MAX_UNITS = 64  # 128 px units per side: 8192 px
+MAX_IMAGE_PROMPTS = 64  # images one variation is conditioned on (Stage C's clip_img axis)
 # Protobuf caps a single ONNX file at 2 GiB; weights beyond this go to one `<model>.onnx.data` file beside
 # the model. The margin leaves room for the graph itself and for constants the optimizer folds.
 EXTERNAL_DATA_BYTES = 1 << 30
@@ -47,6 +47,7 @@ def dynamic_shapes(spec: StageSpec) -> dict[str, dict[int, Any]]:
         "batch": Dim("batch", min=1, max=MAX_BATCH),
         "h": Dim("h", min=1, max=MAX_UNITS),
         "w": Dim("w", min=1, max=MAX_UNITS),
+        "image_prompts": Dim("image_prompts", min=1, max=MAX_IMAGE_PROMPTS),
     }
 
     def dim(axis: Axis) -> Any:
@@ -65,30 +66,42 @@ def export_stage(
     dtype: torch.dtype,
     example_size: tuple[int, int] = (256, 384),
     example_batch: int = 2,
+    example_image_prompts: int = 5,
     opset: int | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Export a stage wrapper (`cascade_trt.modules`) to `out_path`, with its manifest written last.
 
     `module` should already be in `dtype` (load it that way); otherwise it is cast in place, one tensor at a
-    time, so the model is never held twice. `example_size` (height, width in px, multiples of 128) and
-    `example_batch` are what the exporter traces at: keep them non-square and un-"nice" so no accidental
-    relation (h == w, batch == 1) is baked in. `metadata` is merged into the manifest (precision, source...).
+    time, so the model is never held twice. `example_size` (height, width in px, multiples of 128),
+    `example_batch` and `example_image_prompts` are what the exporter traces at: keep them non-square and
+    un-"nice" so no accidental relation (h == w, batch == 1) is baked in; a dim traced at 1 is specialised to
+    1. `metadata` is merged into the manifest (precision, source...).
     """
     out_path = Path(out_path)
     check_size(*example_size)
-    if example_batch < 2:
-        raise ConfigError(f"example_batch={example_batch}: trace at batch >= 2, or batch 1 gets specialized")
+    for name, value in (("example_batch", example_batch), ("example_image_prompts", example_image_prompts)):
+        if value < 2:
+            raise ConfigError(f"{name}={value}: trace at 2 or more, or a dim of 1 gets specialized")
     module = module.to(dtype).eval()
+    height, width = example_size
     inputs = example_inputs(
-        module, spec, batch=example_batch, height=example_size[0], width=example_size[1], dtype=dtype
+        module,
+        spec,
+        batch=example_batch,
+        height=height,
+        width=width,
+        dtype=dtype,
+        image_prompts=example_image_prompts,
     )
     device = next(module.parameters()).device
     inputs = {name: value.to(device) for name, value in inputs.items()}
     start = time.monotonic()
     program = _trace(module, spec, inputs, opset)
     name_io(program.model, spec)
-    traced = {"batch": example_batch, "height": example_size[0], "width": example_size[1]}
+    traced = {"batch": example_batch, "height": height, "width": width}
+    if spec.image_prompted:
+        traced["image_prompts"] = example_image_prompts
     with staged_artifact(out_path) as staging:
         staged = staging / out_path.name
         program.save(staged, external_data=_weight_bytes(module) > EXTERNAL_DATA_BYTES)

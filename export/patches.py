@@ -28,8 +28,9 @@ def _frequencies(half_dim: int, max_positions: int) -> torch.Tensor:
 @contextlib.contextmanager
 def exact_timestep_embedding(module: nn.Module) -> Iterator[None]:
     """Within the block, the Stable Cascade UNets inside `module` embed timesteps with eager-made tables."""
-    from diffusers import StableCascadeUNet
+    from cascade_trt.components import diffusers_classes
 
+    StableCascadeUNet, _ = diffusers_classes()  # noqa: N806 (a class)
     if not any(isinstance(m, StableCascadeUNet) for m in module.modules()):
         yield
         return

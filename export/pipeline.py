@@ -68,7 +68,7 @@ def export_pipeline(
                 "export_device": str(device),
             }
             path = onnx_path(out_dir, name)
-            if not force and is_current(path, policy[name], opset, metadata):
+            if not force and is_current(path, spec, policy[name], opset, metadata):
                 log.info("%s: %s is up to date (same weights, precision and tools), kept", name, path)
                 written[name] = path
                 continue
@@ -83,14 +83,19 @@ def export_pipeline(
     return written
 
 
-def is_current(path: Path, precision: str, opset: int | None, metadata: dict[str, Any]) -> bool:
-    """Whether the complete model at `path` is what exporting it now would write (see `export_pipeline`)."""
+def is_current(
+    path: Path, spec: StageSpec, precision: str, opset: int | None, metadata: dict[str, Any]
+) -> bool:
+    """Whether the complete model at `path` is what exporting it now would write (see `export_pipeline`): the
+    same weights, precision and tools, and the spec's shapes (a graph exported before an axis became dynamic
+    is made again)."""
     manifest = read_manifest(path)
     if manifest is None:
         return False
     source, wanted = manifest.get("source", {}), metadata["source"]
     return (
         manifest.get("precision") == precision
+        and [t.get("shape") for t in manifest.get("inputs", [])] == [list(t.shape) for t in spec.inputs]
         and (opset is None or manifest.get("opset") == opset)
         and manifest.get("cascade") == metadata["cascade"]
         and wanted["fingerprint"] is not None

@@ -22,8 +22,9 @@ from cascade_trt.export.inputs import example_inputs
 from cascade_trt.stages import StageSpec
 
 CPU_ONLY = ("CPUExecutionProvider",)
-# Shapes no export traces at (256x384, batch 2): non-square both ways, batch 1 and > 2.
-CHECK_SHAPES = ((3, 128, 256), (1, 512, 384))
+# (batch, height, width, image prompts) no export traces at (batch 2, 256x384, 5 image prompts): non-square
+# both ways, batch 1 and > 2, one image prompt (a text-only call) and two.
+CHECK_SHAPES = ((3, 128, 256, 1), (1, 512, 384, 2))
 
 
 def check_model(path: str | Path) -> None:
@@ -103,16 +104,32 @@ class Parity:
     batch: int
     height: int
     width: int
+    image_prompts: int
     errors: dict[str, float]  # output name -> relative error
     shapes: dict[str, tuple[int, ...]]  # output name -> shape ONNX Runtime returned
 
 
 def compare_with_torch(
-    session: Any, module: nn.Module, spec: StageSpec, *, batch: int, height: int, width: int, seed: int = 1
+    session: Any,
+    module: nn.Module,
+    spec: StageSpec,
+    *,
+    batch: int,
+    height: int,
+    width: int,
+    image_prompts: int = 1,
+    seed: int = 1,
 ) -> Parity:
     """Run the same inputs through ONNX Runtime and the (fp32) wrapper module."""
     inputs = example_inputs(
-        module, spec, batch=batch, height=height, width=width, dtype=torch.float32, seed=seed
+        module,
+        spec,
+        batch=batch,
+        height=height,
+        width=width,
+        dtype=torch.float32,
+        image_prompts=image_prompts,
+        seed=seed,
     )
     with torch.no_grad():
         expected = module(*inputs.values())
@@ -122,7 +139,7 @@ def compare_with_torch(
         t.name: relative_error(actual[t.name], e.float()) for t, e in zip(spec.outputs, expected, strict=True)
     }
     shapes = {name: tuple(value.shape) for name, value in actual.items()}
-    return Parity(spec.name, batch, height, width, errors, shapes)
+    return Parity(spec.name, batch, height, width, image_prompts, errors, shapes)
 
 
 def verify_export(
@@ -130,10 +147,11 @@ def verify_export(
     module: nn.Module,
     spec: StageSpec,
     *,
-    shapes: Sequence[tuple[int, int, int]] = CHECK_SHAPES,
+    shapes: Sequence[tuple[int, int, int, int]] = CHECK_SHAPES,
     tolerance: float = 1e-4,
 ) -> list[Parity]:
-    """Checker + ONNX Runtime parity at `shapes` (batch, height, width); raises when any check fails."""
+    """Checker + ONNX Runtime parity at `shapes` (batch, height, width, image prompts); raises when any check
+    fails."""
     check_model(path)
     io = graph_io(path)
     names = ([t["name"] for t in io["inputs"]], [t["name"] for t in io["outputs"]])
@@ -141,13 +159,15 @@ def verify_export(
         raise ArtifactMismatchError(f"{path}: graph IO {names} differs from the {spec.name} spec")
     session = open_session(path)
     results = []
-    for batch, height, width in shapes:
-        parity = compare_with_torch(session, module, spec, batch=batch, height=height, width=width)
+    for batch, height, width, prompts in shapes:
+        parity = compare_with_torch(
+            session, module, spec, batch=batch, height=height, width=width, image_prompts=prompts
+        )
         worst = max(parity.errors.values())
         if not worst <= tolerance:  # also catches NaN
             raise ArtifactMismatchError(
-                f"{spec.name} at batch {batch}, {height}x{width}: ONNX Runtime differs from PyTorch by "
-                f"{worst:.2e} (tolerance {tolerance:.0e})"
+                f"{spec.name} at batch {batch}, {height}x{width}, {prompts} image prompt(s): ONNX Runtime "
+                f"differs from PyTorch by {worst:.2e} (tolerance {tolerance:.0e})"
             )
         results.append(parity)
     return results

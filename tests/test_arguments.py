@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pipeline_helpers import allocated
 
 from cascade_trt import CascadePipeline
 from cascade_trt.artifacts import check_output_dir
@@ -201,12 +202,13 @@ def test_check_inputs_refuses_what_call_would_refuse_without_running_a_stage() -
     """`check_inputs` is the validation a server runs before it queues a request: the same errors as
     `__call__`, and no stage runs (no buffers are allocated) whether the arguments pass or not."""
     pipe = CascadePipeline.from_components(random_components(TINY), backend="torch", precision="fp32")
-    pipe.check_inputs(["a", "b"], height=256, width=384, num_images_per_prompt=2, generator=[None] * 4)
+    generators = [torch.Generator() for _ in range(4)]
+    pipe.check_inputs(["a", "b"], height=256, width=384, num_images_per_prompt=2, generator=generators)
     bad = [
         ({"height": 200}, "height=200 is not a positive multiple of 128"),
         ({"prior_num_inference_steps": 0}, "prior_num_inference_steps must be a positive integer"),
         ({"decoder_guidance_scale": float("nan")}, "decoder_guidance_scale must be a finite number"),
-        ({"num_images_per_prompt": 2, "generator": [None] * 3}, "got 3 generators for 4 images"),
+        ({"num_images_per_prompt": 2, "generator": generators[:3]}, "got 3 generators for 4 images"),
         ({"negative_prompt": ["x"]}, "negative_prompt has 1 entries but prompt has 2"),
         ({"output_type": "jpeg"}, "output_type='jpeg': choose one of pil, np, pt, latent"),
     ]
@@ -215,4 +217,4 @@ def test_check_inputs_refuses_what_call_would_refuse_without_running_a_stage() -
             pipe.check_inputs(["a", "b"], **{"height": 256, "width": 256, **kwargs})
     with pytest.raises(ConfigError, match="prompt must be a string or a non-empty list of strings"):
         pipe.check_inputs(7)
-    assert not pipe._bindings and not pipe.denoiser._loops, "checking ran a stage"
+    assert not any(allocated(half) for half in (pipe.prior_pipe, pipe.decoder_pipe)), "checking ran a stage"

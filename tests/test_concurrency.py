@@ -1,4 +1,5 @@
-"""One pipeline shared by several threads: each call returns what the same call returns alone.
+"""One pipeline (or a prior and a decoder pipeline) shared by several threads: each call returns what the same
+call returns alone.
 
 A pipeline's static buffers, bound sessions and captured graphs are per shape and not re-entrant, so the
 pipeline serialises its callers. Without that, two threads at the same shape write each other's latents and
@@ -57,3 +58,40 @@ def test_threads_sharing_a_pipeline_get_what_each_call_gets_alone(
             assert torch.equal(a, b), (
                 f"round {rounds}: {job['prompt']!r} differs from the same call made alone"
             )
+
+
+def _two_pipelines(prior, decoder, job: dict, start: threading.Barrier | None = None) -> torch.Tensor:
+    """diffusers' two-pipeline flow: the prior's latents handed to the decoder."""
+    if start is not None:
+        start.wait()
+    generator = torch.Generator().manual_seed(job["seed"])
+    size = {"height": job["height"], "width": job["width"]}
+    effnet = prior(job["prompt"], num_inference_steps=3, generator=generator, **size).image_embeddings
+    return decoder(
+        effnet, prompt=job["prompt"], num_inference_steps=2, generator=generator, output_type="pt"
+    ).images
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_threads_sharing_a_prior_and_a_decoder_get_what_each_call_gets_alone(
+    tiny_prior, tiny_decoder, tiny_onnx, backend
+):
+    """The prior and decoder pipelines each hold their own lock: a thread in the decoder and another in the
+    prior run at once, and every call still returns what it returns alone."""
+    from cascade_trt import CascadeDecoderPipeline, CascadePriorPipeline
+
+    onnx_dir = tiny_onnx("fp32")["stage_a"].parent if backend == "onnxruntime" else None
+    load = dict(backend=backend, device="cpu", precision="fp32", onnx_dir=onnx_dir)
+    prior = CascadePriorPipeline.from_pretrained(tiny_prior, **load)
+    decoder = CascadeDecoderPipeline.from_pretrained(tiny_decoder, **load)
+    for pipe in (prior, decoder):
+        pipe.set_progress_bar_config(disable=True)
+    assert prior._lock is not decoder._lock
+    alone = [_two_pipelines(prior, decoder, job) for job in JOBS]
+    start = threading.Barrier(len(JOBS))
+    with ThreadPoolExecutor(max_workers=len(JOBS)) as pool:
+        together = list(
+            pool.map(_two_pipelines, [prior] * len(JOBS), [decoder] * len(JOBS), JOBS, [start] * len(JOBS))
+        )
+    for job, a, b in zip(JOBS, alone, together, strict=True):
+        assert torch.equal(a, b), f"{job['prompt']!r} differs from the same calls made alone"

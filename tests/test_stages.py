@@ -94,7 +94,7 @@ def test_shape_tokens_are_parsed_once_and_bad_ones_refused_when_described():
     assert sample.resolve(3, 256, 384) == (3, 4, 64, 96)
     specs = stage_specs(TINY)
     assert [name for name, spec in specs.items() if spec.spatial] == ["stage_c", "stage_b", "stage_a"]
-    with pytest.raises(ConfigError, match="bad shape token '3q': use an int, 'B', or '<k>h' / '<k>w'"):
+    with pytest.raises(ConfigError, match="bad shape token '3q': use an int, 'B', 'N', or '<k>h' / '<k>w'"):
         TensorSpec("x", ("B", "3q"))
 
 

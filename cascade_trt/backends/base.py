@@ -5,7 +5,7 @@ model. For a given shape the loop asks the runner once for its `Bindings` (stati
 bound to the backend once), writes the inputs in place, and calls `execute` for every step. Because the
 tensors never move, a step can be captured in a CUDA graph and replayed, whatever the backend:
 
-    bindings = runner.allocate(batch, height, width)   # once per shape: allocate + bind
+    bindings = runner.allocate(batch, height, width)   # once per shape (and number of image prompts)
     bindings.inputs["sample"].copy_(latents)           # the loop writes inputs in place...
     runner.execute(bindings)                           # ...runs the model on the current stream...
     bindings.outputs["prediction"]                     # ...and reads the output in place
@@ -62,14 +62,14 @@ class StageRunner(ABC):
         in the model's dtype; it differs from `dtype` (that of the IO) only for an engine with fp32 IO."""
         return self.dtype
 
-    def check_shape(self, batch: int, height: int, width: int) -> None:
+    def check_shape(self, batch: int, height: int, width: int, *, image_prompts: int = 1) -> None:
         """Raise `ShapeError` when the runner cannot run this shape (outside an engine's profile, say)."""
         return None
 
-    def allocate(self, batch: int, height: int, width: int) -> Bindings:
+    def allocate(self, batch: int, height: int, width: int, *, image_prompts: int = 1) -> Bindings:
         """Static buffers for one shape, bound to the backend once."""
-        self.check_shape(batch, height, width)
-        shapes = self.spec.shapes(batch, height, width)
+        self.check_shape(batch, height, width, image_prompts=image_prompts)
+        shapes = self.spec.shapes(batch, height, width, image_prompts=image_prompts)
 
         def empty(t) -> torch.Tensor:
             return torch.empty(shapes[t.name], dtype=self.tensor_dtype(t.dtype), device=self.device)
@@ -87,6 +87,16 @@ class StageRunner(ABC):
     def bind(self, bindings: Bindings) -> Any:
         """Bind the static tensors to the backend; the result is kept as `bindings.state`."""
         return None
+
+    def to(self, device: torch.device) -> None:
+        """Run on `device` from now on. Runners of files bound to a device at load (ONNX Runtime sessions,
+        TensorRT engines) cannot move: load them on the device instead."""
+        if torch.device(device) != self.device:
+            raise ConfigError(
+                f"the {self.spec.name} runner was loaded on {self.device} and cannot move to {device}: pass "
+                f"device={str(device)!r} to from_pretrained",
+                argument="device",
+            )
 
     @abstractmethod
     def execute(self, bindings: Bindings) -> None:

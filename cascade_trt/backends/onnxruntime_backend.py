@@ -148,17 +148,18 @@ class OnnxRuntimeRunner(StageRunner):
         self._check_dtypes()
         check_bindable(ort.__version__, {self.tensor_dtype(t.dtype) for t in spec.tensors}, self.path.name)
 
-    def check_shape(self, batch: int, height: int, width: int) -> None:
+    def check_shape(self, batch: int, height: int, width: int, *, image_prompts: int = 1) -> None:
         """ShapeError for a shape the graph's fixed dims cannot take (a graph exported for one size, say)."""
         for t in self.spec.inputs:
-            want = t.resolve(batch, height, width)
+            want = t.resolve(batch, height, width, image_prompts=image_prompts)
             have = self._graph_inputs[t.name].shape
             fixed = [(axis, dim) for axis, dim in enumerate(have) if isinstance(dim, int)]
             if len(have) != len(want) or any(want[axis] != dim for axis, dim in fixed):
+                prompts = f", {image_prompts} image prompts" if image_prompts != 1 else ""
                 raise ShapeError(
                     f"{self.path.name} takes {t.name} of shape {list(have)}, asked {list(want)} "
-                    f"(batch {batch}, {height}x{width} px): re-export {self.spec.name} with dynamic shapes "
-                    "(`cascade-trt export`) or ask for a size and batch the graph was exported for"
+                    f"(batch {batch}, {height}x{width} px{prompts}): re-export {self.spec.name} with dynamic "
+                    "shapes (`cascade-trt export`) or ask for a size and batch the graph was exported for"
                 )
 
     def bind(self, bindings: Bindings) -> OrtBinding:

@@ -180,9 +180,10 @@ class TensorRTRunner(StageRunner):
     def compute_dtype(self) -> torch.dtype:
         return DTYPES[self.precision]  # not `dtype` for a weakly typed build, whose IO stays fp32
 
-    def check_shape(self, batch: int, height: int, width: int) -> None:
-        check_request(self.spec, self.shapes, batch, height, width, engine=self.name)
-        check_profiles(self.spec, self.profiles, batch, height, width, engine=self.name)
+    def check_shape(self, batch: int, height: int, width: int, *, image_prompts: int = 1) -> None:
+        extents = dict(image_prompts=image_prompts, engine=self.name)
+        check_request(self.spec, self.shapes, batch, height, width, **extents)
+        check_profiles(self.spec, self.profiles, batch, height, width, **extents)
 
     def bind(self, bindings: Bindings) -> Any:
         """A new execution context for this shape, its input shapes and tensor addresses set once.

@@ -47,6 +47,10 @@ class TorchRunner(StageRunner):
             allow_recompiles(RECOMPILE_LIMIT)
         self.forward = torch.compile(self.module, dynamic=False) if compile else self.module
 
+    def to(self, device: torch.device) -> None:
+        self.module.to(device)  # in place: `forward` (compiled or not) wraps this module
+        self.device = torch.device(device)
+
     def execute(self, bindings: Bindings) -> None:
         with torch.no_grad():
             result = self.forward(*(bindings.inputs[name] for name in self.spec.input_names))

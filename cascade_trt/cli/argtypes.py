@@ -81,15 +81,16 @@ def add_checkpoint_args(p: argparse.ArgumentParser, *, required: bool = True, in
     )
 
 
-def checkpoint_pair(args: argparse.Namespace) -> CheckpointPair | None:
+def checkpoint_pair(args: argparse.Namespace, *, one_side: bool = False) -> CheckpointPair | None:
     """The checkpoints the flags of `add_checkpoint_args` name, fetched and validated; None when neither
-    --prior nor --decoder is given (where they are optional)."""
+    --prior nor --decoder is given (where they are optional). `one_side`: --prior or --decoder alone is a side
+    of the cascade (what `export` writes for the prior or decoder pipeline alone)."""
     from cascade_trt.checkpoints import CheckpointPair
     from cascade_trt.errors import ConfigError
 
     if args.prior is None and args.decoder is None:
         return None
-    if args.prior is None or args.decoder is None:
+    if not one_side and (args.prior is None or args.decoder is None):
         raise ConfigError("checkpoints need both --prior and --decoder (or neither, for random weights)")
     return CheckpointPair.resolve(
         args.prior,

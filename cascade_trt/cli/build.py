@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--opt-batch", type=positive_int, default=1, help="images per call TensorRT tunes for")
     p.add_argument(
+        "--max-image-prompts",
+        type=positive_int,
+        default=1,
+        help="most images one image variation may be conditioned on (Stage C's clip_img axis; 1 serves text "
+        "alone and single-image variations)",
+    )
+    p.add_argument(
         "--no-guidance", action="store_true", help="guided stages never see the doubled (cond + uncond) batch"
     )
     p.add_argument(
@@ -89,7 +96,8 @@ def build_shapes(args: argparse.Namespace) -> BuildShapes:
         lo, opt, hi = (v if v is not None else d for v, d in zip(ranged, (512, 1024, 1536), strict=True))
         sizes = SizeRange.square(lo, max(lo, min(opt, hi)) if args.opt_size is None else opt, hi)
     batches = BatchRange(1, min(args.opt_batch, args.max_batch), args.max_batch)
-    return BuildShapes(sizes, batches, guidance=not args.no_guidance)
+    prompts = (1, 1, args.max_image_prompts)
+    return BuildShapes(sizes, batches, guidance=not args.no_guidance, image_prompts=prompts)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,7 @@
-"""`cascade-trt export --prior P --decoder D --out DIR`: one ONNX model (and manifest) per stage."""
+"""`cascade-trt export --prior P --decoder D --out DIR`: one ONNX model (and manifest) per stage.
+
+With --prior or --decoder alone it exports that side's stages, the text encoder being that side's own (what a
+`CascadeDecoderPipeline` runs when its `text_encoder/` differs from the prior's)."""
 
 from __future__ import annotations
 
@@ -14,9 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export",
         help="export every stage to ONNX (dynamic batch/height/width), with a manifest beside each model",
         description="Writes DIR/<stage>.onnx (+ <stage>.onnx.data for large models) and DIR/<stage>.json for the "
-        "text encoder, image encoder (when the prior has one), stage_c, stage_b and stage_a. Writes are atomic.",
+        "text encoder, image encoder (when the prior has one), stage_c, stage_b and stage_a. Writes are atomic. "
+        "With --prior or --decoder alone, that side's stages (its own text encoder included).",
     )
-    add_checkpoint_args(p)
+    add_checkpoint_args(p, required=False)
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the models into")
     p.add_argument(
         "--precision",
@@ -39,13 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cascade_trt.errors import ConfigError
     from cascade_trt.export import export_pipeline
 
+    checkpoints = checkpoint_pair(args, one_side=True)
+    if checkpoints is None:
+        raise ConfigError("nothing to export: pass --prior, --decoder, or both")
     # The ONNX optimizer logs every pass at INFO; keep the user's terminal to one line per stage.
     for name in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     paths = export_pipeline(
-        checkpoint_pair(args),
+        checkpoints,
         args.out,
         precision=args.precision,
         stages=args.stages,

@@ -37,11 +37,9 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
 
 def pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
     """`CascadePipeline.from_pretrained` keywords (all but prior and decoder) from the parsed flags."""
-    import torch
-
     return {
         "backend": args.backend,
-        "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "device": args.device,  # None: cuda when there is one (`check_device`)
         "precision": args.precision,
         "onnx_dir": args.onnx_dir,
         "engine_dir": args.engine_dir,

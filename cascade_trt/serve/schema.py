@@ -7,19 +7,18 @@
 `ImageRequest` checks types and unknown fields (a field neither OpenAI's nor ours is refused, never ignored);
 `check_limits` checks what this service was started with (sizes served, images per request). What a value
 means to the model (steps at least 1, sizes the engines were built for...) is checked by the pipeline's own
-`CascadePipeline.check_inputs`, in the model replica, before the request joins a batch: `pipeline_field` names
-the request field a pipeline error is about. Every refusal is a `RequestError`: HTTP status, field, message,
+`CascadePipeline.check_inputs`, in the model replica, before the request joins a batch: `pipeline_field` maps
+the argument a pipeline error names (its `argument`) to the request field. Every refusal is a `RequestError`: HTTP status, field, message,
 rendered in OpenAI's error shape by `error_body`.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cascade_trt.errors import ConfigError
+from cascade_trt.errors import CascadeError, ConfigError
 from cascade_trt.serve.config import ServeConfig, format_size, parse_size
 
 MAX_PROMPT_CHARS = 4000  # OpenAI's own bound; CLIP reads 77 tokens of it anyway
@@ -94,13 +93,14 @@ def _served_size(text: str, config: ServeConfig, served: str) -> tuple[int, int]
     return size
 
 
-# The pipeline's argument names, as its messages spell them, and the request field each comes from.
+# The pipeline's arguments a request sets, and the request field each comes from.
 _PIPELINE_FIELDS = {
     "negative_prompt": "negative_prompt",
     "prompt": "prompt",
     "height": "size",
     "width": "size",
     "num_images_per_prompt": "n",
+    "generator": "seed",
     "prior_num_inference_steps": "prior_num_inference_steps",
     "prior_guidance_scale": "prior_guidance_scale",
     "num_inference_steps": "num_inference_steps",
@@ -108,12 +108,11 @@ _PIPELINE_FIELDS = {
 }
 
 
-def pipeline_field(message: str) -> str:
-    """The request field a `CascadePipeline.check_inputs` error is about: the argument its message names first
-    (the pipeline's messages start with it). A shape an engine cannot run names no argument: that is the size
-    (the batch is bounded by --max-batch, which the service checks against the engines when it starts)."""
-    found = [(m.start(), name) for name in _PIPELINE_FIELDS if (m := re.search(rf"\b{name}\b", message))]
-    return _PIPELINE_FIELDS[min(found)[1]] if found else "size"
+def pipeline_field(error: CascadeError) -> str:
+    """The request field a `CascadePipeline.check_inputs` error is about: the one its `argument` comes from.
+    An error that names no argument a request sets (a shape an engine cannot run) is about the size: the
+    batch is bounded by --max-batch, which the service checks against the engines when it starts."""
+    return _PIPELINE_FIELDS.get(getattr(error, "argument", None) or "", "size")
 
 
 def validation_error(errors: list[dict[str, Any]]) -> RequestError:

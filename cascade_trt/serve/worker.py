@@ -102,7 +102,7 @@ class ImageWorker:
         try:
             self.pipe.check_inputs(**self._arguments([job]))
         except CascadeError as exc:
-            raise RequestError(str(exc), pipeline_field(str(exc))) from None
+            raise RequestError(str(exc), pipeline_field(exc)) from None
         return job
 
     def run(self, jobs: list[Job]) -> list[Result | Exception]:
