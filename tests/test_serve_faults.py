@@ -62,14 +62,18 @@ def test_killed_replica_means_503_then_recovery(url: str) -> None:
     first_answer = threading.Event()
 
     def send(seed: int):
-        answer = post(url, body(seed))
+        # Slow enough (40 + 40 steps a request, two requests a call) that a loaded machine cannot finish the
+        # other eleven between the first answer and the kill.
+        answer = post(url, {**body(seed), "prior_num_inference_steps": 40, "num_inference_steps": 40})
         first_answer.set()
         return answer
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = [pool.submit(send, seed) for seed in range(1, 13)]
         assert first_answer.wait(120)
+        in_flight = sum(not f.done() for f in futures)
         os.kill(pid, signal.SIGKILL)  # mid-run: the replica holds the requests in flight
+        assert in_flight, "every request was answered before the kill: nothing was tested"
         assert get(url, "/health") == (200, {"status": "ok"})  # the ingress lives on
         answers = [f.result() for f in futures]
     statuses = [status for status, _, _ in answers]
