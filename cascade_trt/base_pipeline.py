@@ -22,6 +22,7 @@ from cascade_trt.backends.base import StageRunner
 from cascade_trt.checkpoints import CheckpointPair
 from cascade_trt.components import CascadeComponents, load_components
 from cascade_trt.configs import CascadeConfig
+from cascade_trt.cuda_graphs import device_lock
 from cascade_trt.devices import check_device
 from cascade_trt.errors import ConfigError
 from cascade_trt.loop import OnStep
@@ -42,11 +43,14 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 def serialised(method: _Method) -> _Method:
     """Run `method` holding the pipeline's lock. Re-entrant, so a call holds it across its stages: another
-    thread's call cannot start between them, and a stage's outputs are copied out before the lock is let go."""
+    thread's call cannot start between them, and a stage's outputs are copied out before the lock is let go.
+    On a CUDA device it holds the device's lock too (`cuda_graphs.device_lock`: no other pipeline's call on that
+    GPU may run while this one captures a graph), always second, so two pipelines never wait on each other in
+    opposite orders; the device is read under the pipeline's lock, which `to` holds while it moves."""
 
     @functools.wraps(method)
     def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
+        with self._lock, device_lock(self.device):
             return method(self, *args, **kwargs)
 
     return locked  # type: ignore[return-value]
@@ -81,13 +85,9 @@ class BasePipeline:
         precision: str | dict[str, str] = "auto",
         torch_dtype: torch.dtype | None = None,
         variant: str | None = None,
-        onnx_dir: str | Path | None = None,
-        engine_dir: str | Path | None = None,
-        providers: list[Any] | None = None,
-        compile: bool = False,  # noqa: A002 (diffusers-style option name)
         cuda_graphs: bool = True,
-        verify: bool = False,
         subfolder: str | None = None,
+        **backend_kwargs: Any,
     ) -> Any:
         """Load from a diffusers-format pipeline directory or hub id, on any backend.
 
@@ -96,15 +96,13 @@ class BasePipeline:
         backend loads the weights, each stage straight into its dtype; onnxruntime and tensorrt load only the
         tokenizer and configs and run `onnx_dir` / `engine_dir`, refusing graphs exported from other weights.
         `subfolder` is the UNet's ("prior_lite", "decoder_lite" for the lite models).
+
+        `backend_kwargs` are the backend's own options, each checked by its options class (a name no backend
+        takes is a ConfigError; another backend's option is ignored with a warning): torch `compile`;
+        onnxruntime `onnx_dir` (required), `providers`, `verify`; tensorrt `engine_dir` (required), `onnx_dir`,
+        `verify` (`cascade_trt.backends`).
         """
-        options = backend_options(
-            backend,
-            onnx_dir=onnx_dir,
-            engine_dir=engine_dir,
-            providers=providers,
-            compile=compile,
-            verify=verify,
-        )
+        options = backend_options(backend, **backend_kwargs)
         device = check_device(device)
         side = {cls._side: pretrained_model_name_or_path, f"{cls._side}_subfolder": subfolder or cls._side}
         checkpoints = CheckpointPair.resolve(**side)
@@ -133,24 +131,15 @@ class BasePipeline:
         backend: str = "torch",
         device: str | torch.device | None = None,
         precision: str | dict[str, str] = "auto",
-        onnx_dir: str | Path | None = None,
-        engine_dir: str | Path | None = None,
-        providers: list[Any] | None = None,
-        compile: bool = False,  # noqa: A002
         cuda_graphs: bool = True,
-        verify: bool = False,
         schedulers: Mapping[str, SchedulerConfig] | None = None,
+        **backend_kwargs: Any,
     ) -> Any:
         """Build on already-loaded (or random-weight) components; the torch backend casts the modules in place
-        to the policy's dtypes, the others use only the tokenizer and config."""
-        options = backend_options(  # here, not deeper: its warning points at the caller's line
-            backend,
-            onnx_dir=onnx_dir,
-            engine_dir=engine_dir,
-            providers=providers,
-            compile=compile,
-            verify=verify,
-        )
+        to the policy's dtypes, the others use only the tokenizer and config. `backend_kwargs` as in
+        `from_pretrained`."""
+        # Here, not deeper: an ignored option's warning points at the caller's line.
+        options = backend_options(backend, **backend_kwargs)
         device, policy = setup_components(components, backend, device, precision)
         runners = load_runners(
             components, cls._stages, backend=backend, options=options, device=device, policy=policy

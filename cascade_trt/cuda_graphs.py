@@ -11,10 +11,18 @@ callable once per key and replays it. Capture follows the rules that make replay
   the next replay, so results are copied out of static buffers by the caller.
 
 On a CPU device nothing is captured: `GraphCache.enabled` is False and the loop calls the same step directly.
+
+While a graph is being captured, CUDA (in torch's default, global capture mode) refuses the host
+synchronisations and allocations that any thread of the process makes, and a refused call spoils the capture.
+So pipelines that share a GPU must not run while another captures: `device_lock` is one lock per CUDA device,
+which every pipeline call on that device holds (`cascade_trt.base_pipeline.serialised`). The GPU runs one
+stage's kernels at a time anyway; calls on the CPU need no such lock and take none.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -25,6 +33,21 @@ from cascade_trt.errors import ConfigError
 # Key: (stage, batch, height, width, image prompts, dtype, guided). `guided` is there because guidance
 # doubles the batch the model sees: same images, different graph.
 GraphKey = tuple[Hashable, ...]
+
+
+_DEVICE_LOCKS: dict[int, threading.RLock] = {}
+_DEVICE_LOCKS_GUARD = threading.Lock()
+
+
+def device_lock(device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
+    """The lock every pipeline call on a CUDA `device` holds (one per device index, re-entrant; see the module
+    docstring); on a CPU, a context that holds nothing."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with _DEVICE_LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(index, threading.RLock())
 
 
 class GraphCache:

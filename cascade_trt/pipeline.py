@@ -77,14 +77,10 @@ class CascadePipeline:
         precision: str | dict[str, str] = "auto",
         torch_dtype: torch.dtype | None = None,
         variant: str | None = None,
-        onnx_dir: str | Path | None = None,
-        engine_dir: str | Path | None = None,
-        providers: list[Any] | None = None,
-        compile: bool = False,  # noqa: A002 (diffusers-style option name)
         cuda_graphs: bool = True,
-        verify: bool = False,
         prior_subfolder: str = "prior",
         decoder_subfolder: str = "decoder",
+        **backend_kwargs: Any,
     ) -> CascadePipeline:
         """Load from diffusers-format prior and decoder pipeline directories (or hub ids).
 
@@ -94,16 +90,14 @@ class CascadePipeline:
         those their manifests describe (sizes and sampled chunks; with `verify`, the sha256 of every byte).
         `device` None is cuda where there is one; `torch_dtype` and `variant` are diffusers' (see
         `CascadePriorPipeline`).
+
+        `backend_kwargs` are the backend's own options, each checked by its options class (a name no backend
+        takes is a ConfigError; another backend's option is ignored with a warning): torch `compile`;
+        onnxruntime `onnx_dir` (required), `providers`, `verify`; tensorrt `engine_dir` (required), `onnx_dir`,
+        `verify` (`cascade_trt.backends`).
         """
         # Unknown backend, missing directory, options another backend would use: said before anything loads.
-        options = backend_options(
-            backend,
-            onnx_dir=onnx_dir,
-            engine_dir=engine_dir,
-            providers=providers,
-            compile=compile,
-            verify=verify,
-        )
+        options = backend_options(backend, **backend_kwargs)
         device = check_device(device)
         checkpoints = CheckpointPair.resolve(
             prior, decoder, prior_subfolder=prior_subfolder, decoder_subfolder=decoder_subfolder
@@ -124,27 +118,18 @@ class CascadePipeline:
         backend: str = "torch",
         device: str | torch.device | None = None,
         precision: str | dict[str, str] = "auto",
-        onnx_dir: str | Path | None = None,
-        engine_dir: str | Path | None = None,
-        providers: list[Any] | None = None,
-        compile: bool = False,  # noqa: A002
         cuda_graphs: bool = True,
-        verify: bool = False,
         schedulers: Mapping[str, SchedulerConfig] | None = None,
+        **backend_kwargs: Any,
     ) -> CascadePipeline:
         """Build on already-loaded (or random-weight) components.
 
         The torch backend casts the modules in place to the policy's dtypes (`nn.Module.to`, no copy: a 3.6B
         Stage C is never held twice); the other backends use only the tokenizer and config of `components`.
+        `backend_kwargs` as in `from_pretrained`.
         """
-        options = backend_options(  # here, not deeper: its warning points at the caller's line
-            backend,
-            onnx_dir=onnx_dir,
-            engine_dir=engine_dir,
-            providers=providers,
-            compile=compile,
-            verify=verify,
-        )
+        # Here, not deeper: an ignored option's warning points at the caller's line.
+        options = backend_options(backend, **backend_kwargs)
         device, policy = setup_components(components, backend, device, precision)
         return cls.assemble(components, backend, options, device, policy, cuda_graphs, schedulers, None)
 

@@ -95,3 +95,17 @@ def test_threads_sharing_a_prior_and_a_decoder_get_what_each_call_gets_alone(
         )
     for job, a, b in zip(JOBS, alone, together, strict=True):
         assert torch.equal(a, b), f"{job['prompt']!r} differs from the same calls made alone"
+
+
+def test_pipelines_on_one_gpu_share_its_lock_and_cpu_pipelines_take_none() -> None:
+    """A capture on a GPU is spoiled by another thread's host sync there, so every pipeline on that device holds
+    one lock (the same object for each spelling of the device); a CPU pipeline holds nothing beyond its own."""
+    from cascade_trt.cuda_graphs import device_lock
+
+    assert device_lock("cuda:0") is device_lock(torch.device("cuda", 0))
+    assert device_lock("cuda:1") is not device_lock("cuda:0")
+    lock = device_lock("cuda:0")  # re-entrant: a call that holds it enters stage methods that take it again
+    assert lock.acquire(timeout=1) and lock.acquire(timeout=1)
+    lock.release()
+    lock.release()
+    assert type(device_lock("cpu")).__name__ == "nullcontext"
