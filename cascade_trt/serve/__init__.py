@@ -5,7 +5,8 @@
 | `config` | `ServeConfig`: the model, the sizes served, batching, limits, scaling, access |
 | `schema` | request and response of the API, the service's limits, errors in OpenAI's shape |
 | `worker` | one pipeline serving requests: validation against it, grouped calls, PNGs (no Ray) |
-| `model` | the model deployment: a worker per replica, `@serve.batch` |
+| `batcher` | requests gathered into pipeline calls when the pipeline is free (no Ray) |
+| `model` | the model deployment: a worker and a batcher per replica |
 | `ingress` | the FastAPI ingress deployment: auth, body limit, status codes, timeouts |
 | `app` | the application (`build`, and `build_app` for `serve run` / `serve deploy`) |
 | `run` | `cascade-trt serve`: an embedded local Ray or a cluster, until Ctrl-C |
