@@ -26,6 +26,7 @@ LIBRARIES = (
     "onnx",
     "tensorrt",
     "numpy",
+    "ray",
     "cascade-trt",
 )
 REPO_ROOT = Path(__file__).resolve().parent.parent
