@@ -60,10 +60,14 @@ async def submit_all(batcher: Batcher, jobs: list[Job]) -> list[asyncio.Task]:
     return tasks
 
 
-async def wait_running(recorder: Recorder) -> None:
+async def busy(recorder: Recorder, max_batch: int, wait_s: float) -> tuple[Batcher, list[asyncio.Task]]:
+    """A batcher whose pipeline is running a first call ("busy", `max_batch` images) until `recorder.release()`."""
+    batcher = Batcher(recorder, ThreadPoolExecutor(1), max_batch=max_batch, wait_s=wait_s)
+    recorder.hold()
+    first = await submit_all(batcher, [job("busy", n=max_batch)])
     while not recorder.running.is_set():
         await asyncio.sleep(0.005)
-    recorder.running.clear()
+    return batcher, first
 
 
 def test_requests_that_arrive_during_a_call_fill_the_next_calls() -> None:
@@ -71,10 +75,7 @@ def test_requests_that_arrive_during_a_call_fill_the_next_calls() -> None:
     wait_s = 0.02
 
     async def scenario() -> list[Result]:
-        batcher = Batcher(recorder, ThreadPoolExecutor(1), max_batch=4, wait_s=wait_s)
-        recorder.hold()
-        first = await submit_all(batcher, [job("a")])
-        await wait_running(recorder)
+        batcher, first = await busy(recorder, max_batch=4, wait_s=wait_s)
         rest = []
         for i in range(8):  # arriving one by one, each long after the last one's wait ran out
             rest += await submit_all(batcher, [job(f"r{i}")])
@@ -83,8 +84,8 @@ def test_requests_that_arrive_during_a_call_fill_the_next_calls() -> None:
         return await asyncio.gather(*first, *rest)
 
     results = run(scenario())
-    assert recorder.calls == [["a"], ["r0", "r1", "r2", "r3"], ["r4", "r5", "r6", "r7"]]
-    assert [r.batch_size for r in results] == [1] + [4] * 8
+    assert recorder.calls == [["busy"], ["r0", "r1", "r2", "r3"], ["r4", "r5", "r6", "r7"]]
+    assert [r.batch_size for r in results] == [4] * 9
 
 
 def test_a_full_batch_starts_without_waiting() -> None:
@@ -104,20 +105,17 @@ def test_a_partial_batch_waits_from_its_oldest_arrival_not_from_the_pipeline_fre
     wait_s = 1.0
 
     async def scenario() -> float:
-        batcher = Batcher(recorder, ThreadPoolExecutor(1), max_batch=4, wait_s=wait_s)
-        recorder.hold()
-        first = await submit_all(batcher, [job("a", n=4)])
-        await wait_running(recorder)
+        batcher, first = await busy(recorder, max_batch=4, wait_s=wait_s)
         late = await submit_all(batcher, [job("b")])
-        await asyncio.sleep(wait_s * 1.5)  # b's wait runs out while "a" still runs
+        await asyncio.sleep(wait_s * 1.5)  # b's wait runs out while "busy" still runs
         released = time.monotonic()
         recorder.release()
         await asyncio.gather(*first, *late)
         return released
 
     released = run(scenario())
-    assert recorder.calls == [["a"], ["b"]]
-    # b had waited its wait_s already: its call followed a's at once, it did not wait wait_s again
+    assert recorder.calls == [["busy"], ["b"]]
+    # b had waited its wait_s already: its call followed the first at once, it did not wait wait_s again
     assert recorder.started[1] - released < wait_s / 2
 
 
@@ -125,10 +123,7 @@ def test_one_key_per_call_oldest_first_and_images_fit_under_max_batch() -> None:
     recorder = Recorder()
 
     async def scenario() -> None:
-        batcher = Batcher(recorder, ThreadPoolExecutor(1), max_batch=4, wait_s=0.05)
-        recorder.hold()
-        first = await submit_all(batcher, [job("busy", n=4)])
-        await wait_running(recorder)
+        batcher, first = await busy(recorder, max_batch=4, wait_s=0.05)
         queued = [
             job("x3", n=3),
             job("wide", width=256),  # another shape: never in a 128-wide call
@@ -147,10 +142,7 @@ def test_a_withdrawn_request_is_not_computed() -> None:
     recorder = Recorder()
 
     async def scenario() -> None:
-        batcher = Batcher(recorder, ThreadPoolExecutor(1), max_batch=4, wait_s=0.05)
-        recorder.hold()
-        first = await submit_all(batcher, [job("busy", n=4)])
-        await wait_running(recorder)
+        batcher, first = await busy(recorder, max_batch=4, wait_s=0.05)
         gone, kept = await submit_all(batcher, [job("gone"), job("kept")])
         gone.cancel()  # the caller timed out or disconnected
         await asyncio.sleep(0)
