@@ -173,7 +173,7 @@ class CheckpointPair:
     def schedulers(self) -> dict[str, SchedulerConfig]:
         """The scheduler settings of each denoising stage given (diffusers' defaults where a pipeline has none)."""
         stages = {"prior": "stage_c", "decoder": "stage_b"}
-        return {stages[kind]: SchedulerConfig.from_pretrained(getattr(self, kind)) for kind in self.kinds}
+        return {stages[kind]: scheduler_config(getattr(self, kind)) for kind in self.kinds}
 
 
 def _local_dir(given: str | Path, kind: Kind) -> Path:
@@ -218,6 +218,12 @@ def _validate(path: Path, kind: Kind, unet_subfolder: str, *, own_text: bool = F
 def _model_index(directory: Path) -> dict[str, Any]:
     path = directory / "model_index.json"
     return read_json(path) if path.is_file() else {}
+
+
+def scheduler_config(pipeline_dir: str | Path) -> SchedulerConfig:
+    """A pipeline directory's `scheduler/scheduler_config.json`; diffusers' defaults when it has none."""
+    path = Path(pipeline_dir) / "scheduler" / "scheduler_config.json"
+    return SchedulerConfig.from_dict(read_json(path)) if path.is_file() else SchedulerConfig()
 
 
 def read_json(path: Path) -> dict[str, Any]:

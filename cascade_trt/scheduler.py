@@ -9,8 +9,9 @@ One captured step then replays for every step.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,14 +28,8 @@ class SchedulerConfig:
     s: float = DEFAULT_S
 
     @classmethod
-    def from_pretrained(cls, pipeline_dir: str | Path) -> SchedulerConfig:
-        """Read `scheduler/scheduler_config.json` of a pipeline directory; defaults when it has none."""
-        import json
-
-        path = Path(pipeline_dir) / "scheduler" / "scheduler_config.json"
-        if not path.is_file():
-            return cls()
-        raw = json.loads(path.read_text())
+    def from_dict(cls, raw: Mapping[str, Any]) -> SchedulerConfig:
+        """From a diffusers `scheduler_config.json`'s values (what it lacks keeps diffusers' default)."""
         return cls(scaler=float(raw.get("scaler", DEFAULT_SCALER)), s=float(raw.get("s", DEFAULT_S)))
 
 

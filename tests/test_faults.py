@@ -80,6 +80,13 @@ def test_a_model_index_that_is_not_json_is_named(checkpoint: Path, tmp_path: Pat
     assert f"{index} is not valid JSON (" in err and "fetch or copy it again" in err
 
 
+def test_a_scheduler_config_that_is_not_json_is_named(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    config = checkpoint / "prior" / "scheduler" / "scheduler_config.json"
+    config.write_text('{"_class_name": "DDPMWuerstchenScheduler", "s": 0.0')  # cut off
+    err = one_line_error(generate_argv(checkpoint, tmp_path / "x.png"), capsys)
+    assert f"{config} is not valid JSON (" in err and "fetch or copy it again" in err
+
+
 def test_a_config_that_disagrees_with_its_weights_is_named_as_the_cause(
     checkpoint: Path, tmp_path: Path, capsys
 ) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import DDPMWuerstchenScheduler
 
+from cascade_trt.checkpoints import scheduler_config
 from cascade_trt.scheduler import SchedulerConfig, WuerstchenSchedule
 
 
@@ -87,10 +88,10 @@ def test_tables_hold_diffusers_timesteps_and_mask_the_last_noise():
 
 
 def test_config_is_read_from_the_checkpoint(tiny_prior, tmp_path):
-    assert SchedulerConfig.from_pretrained(tiny_prior) == SchedulerConfig()
+    assert scheduler_config(tiny_prior) == SchedulerConfig()
     DDPMWuerstchenScheduler(scaler=2.0, s=0.01).save_pretrained(tmp_path / "scheduler")
-    assert SchedulerConfig.from_pretrained(tmp_path) == SchedulerConfig(scaler=2.0, s=0.01)
-    assert SchedulerConfig.from_pretrained(tmp_path / "missing") == SchedulerConfig()
+    assert scheduler_config(tmp_path) == SchedulerConfig(scaler=2.0, s=0.01)
+    assert scheduler_config(tmp_path / "missing") == SchedulerConfig()
 
 
 @pytest.mark.parametrize("steps", [0, -1, 2.5])
