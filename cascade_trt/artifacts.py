@@ -337,12 +337,15 @@ def artifact_problem(artifact: str | Path, manifest: dict[str, Any], *, full: bo
 
 def verify_artifact(artifact: str | Path, *, full: bool = False) -> dict[str, Any]:
     """Check an ONNX model's or engine's files against its manifest before anything trusts them; returns the
-    manifest. An `ArtifactCorruptError` names the file and the command that writes it again."""
+    manifest. A missing model or manifest is an `ArtifactMismatchError`, a file unlike its record an
+    `ArtifactCorruptError`, each naming the file and the command that writes it again."""
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
     if manifest is None:
+        if artifact.suffix == ".onnx":  # no directory, or no complete model in it: which, and the export
+            raise ArtifactMismatchError(missing_onnx_message(artifact, artifact.stem))
         raise ArtifactMismatchError(
-            f"{artifact} or its manifest is missing (an export or build that did not finish): "
+            f"{artifact} or its manifest is missing (a build that did not finish): "
             + rewrite_hint(artifact, {})
         )
     problem = artifact_problem(artifact, manifest, full=full)

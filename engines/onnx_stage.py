@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cascade_trt.artifacts import missing_onnx_message, onnx_path, read_manifest, verify_artifact
+from cascade_trt.artifacts import onnx_path, read_manifest, verify_artifact
 from cascade_trt.configs import FULL, PRESETS, CascadeConfig, UNetConfig
 from cascade_trt.errors import ArtifactMismatchError, ConfigError
 from cascade_trt.stages import COMPUTE, STAGE_NAMES, StageSpec, TensorSpec, stage_specs
@@ -37,8 +37,6 @@ def read_onnx_stage(onnx_dir: str | Path, stage: str) -> OnnxStage:
     """The exported stage `stage` in `onnx_dir`; ArtifactMismatchError when missing or incomplete, or when its
     files are not those its manifest describes (sizes and sampled chunks: `verify_artifact`)."""
     path = onnx_path(onnx_dir, stage)
-    if read_manifest(path) is None:
-        raise ArtifactMismatchError(missing_onnx_message(path, stage))
     manifest = verify_artifact(path)
     if manifest.get("stage") != stage:
         raise ArtifactMismatchError(

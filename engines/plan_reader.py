@@ -88,9 +88,8 @@ def stream_reader(trt: Any, plan: PlanFile) -> Any | None:
                 base.__init__(self)  # a pybind11 trampoline must be initialised explicitly
 
             def read(self, size: int, stream: int) -> memoryview:
-                return plan.read_chunk(
-                    size
-                )  # the binding copies it, to the host or the device, synchronously
+                # The binding copies the answer, to the host or the device, synchronously.
+                return plan.read_chunk(size)
 
             def seek(self, offset: int, where: Any) -> bool:
                 return plan.seek(offset, whence[where])
